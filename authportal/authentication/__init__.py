@@ -1,0 +1,52 @@
+"""Who a user is: the user-provider interface shared by the users file and LDAP backends."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class UserDetails:
+    """What the portal knows about an authenticated user (goes into the session and Remote-* headers)."""
+
+    username: str
+    display_name: str = ""
+    email: str = ""
+    groups: tuple[str, ...] = ()
+
+
+class BackendUnavailable(Exception):
+    """The credential backend cannot answer (directory down, file unreadable): the caller denies."""
+
+
+class UserProvider(Protocol):
+    def check_password(self, username: str, password: str) -> UserDetails | None:
+        """Details when the password is right; None for a wrong password, unknown or disabled user.
+
+        Raises BackendUnavailable when no answer can be had.
+        """
+
+    def get_details(self, username: str) -> UserDetails | None:
+        """Fresh details (groups) for a logged-in user; None when the user is gone or disabled."""
+
+    def health(self) -> str | None:
+        """None when the backend can serve, else a short reason."""
+
+    def close(self) -> None:
+        """Release connections and watchers."""
+
+
+#: Refused before any backend sees them (an empty password is an anonymous LDAP bind).
+MAX_USERNAME_LENGTH = 256
+MAX_PASSWORD_LENGTH = 1024
+
+
+def acceptable_credentials(username: str, password: str) -> bool:
+    """Cheap sanity checks shared by every backend: non-empty, bounded, no NUL or control characters."""
+    if not username or not password:
+        return False
+    if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+        return False
+    if "\x00" in username or "\x00" in password:
+        return False
+    return not any(ord(c) < 32 or ord(c) == 127 for c in username)

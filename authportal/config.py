@@ -1,0 +1,573 @@
+"""Configuration: one YAML file validated into a typed, frozen model.
+
+Every problem is reported at once with its key path (``session.expiration:
+invalid duration``); unknown keys are errors, never silently ignored.
+``AUTHPORTAL_<PATH>`` environment variables override keys (``__`` between
+levels) and every secret ``X`` may be given as ``X_file`` instead.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "AUTHPORTAL_"
+#: Environment variable naming the config file for `serve` workers (like Authelia's X_AUTHELIA_CONFIG).
+CONFIG_PATH_ENV = "X_AUTHPORTAL_CONFIG"
+
+log = logging.getLogger("authportal.config")
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `90s`, `5m`, `1h30m`, `30d` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("invalid duration (use e.g. 90s, 5m, 1h, 30d)")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("invalid duration (use e.g. 90s, 5m, 1h, 30d)")
+    text = value.strip().lower()
+    if text.isdigit():
+        return float(text)
+    parts = _DURATION_RE.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {value!r} (use e.g. 90s, 5m, 1h, 30d)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _listify(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+StrList = Annotated[list[str], BeforeValidator(_listify)]
+
+
+class ConfigError(Exception):
+    """All the problems found in a configuration, each `key.path: reason`."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretsMixin(Model):
+    """Lets every secret field `X` be given as `X_file` (Docker/Kubernetes secrets)."""
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in cls._secret_fields:
+            file_key = f"{name}_file"
+            if file_key not in data:
+                continue
+            if data.get(name) not in (None, ""):
+                raise ValueError(f"set either {name} or {file_key}, not both")
+            path = Path(str(data.pop(file_key)))
+            try:
+                data[name] = path.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror}") from None
+        return data
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+class ServerConfig(Model):
+    address: Annotated[str, BeforeValidator(_host_port)] = "127.0.0.1:9091"
+    #: Public URL of the portal; defaults to http://<address>.
+    portal_url: str | None = None
+    #: Peers whose X-Original-* / X-Forwarded-* headers are believed.
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
+    )
+    workers: int = Field(default=1, ge=1, le=64)
+    threads: int = Field(default=4, ge=1, le=256)
+
+    @field_validator("portal_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL, e.g. https://auth.example.com")
+        return value.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+
+class RedisConfig(SecretsMixin):
+    _secret_fields = ("password",)
+    url: str
+    password: SecretStr | None = None
+    timeout: Duration = 2.0
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
+class SessionConfig(Model):
+    cookie_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "authportal_session"
+    #: Cookie domain shared by every protected subdomain; unset = the portal host only.
+    domain: str | None = None
+    expiration: Duration = 3600.0
+    #: Idle time after which a session ends; 0 turns the check off.
+    inactivity: Duration = 900.0
+    #: Lifetime of a "remember me" session; 0 hides the checkbox.
+    remember_me: Duration = 30 * 86400.0
+    cookie_secure: bool = True
+    #: How long a worker trusts its in-memory copy of a session (bounds cross-instance staleness).
+    cache_ttl: Duration = Field(default=1.0, le=10)
+    redis: RedisConfig | None = None
+
+    @field_validator("domain")
+    @classmethod
+    def _check_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lstrip(".").lower()
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*", value):
+            raise ValueError(f"not a DNS domain: {value!r}")
+        return value
+
+
+class PasswordHashConfig(Model):
+    """argon2id parameters for new hashes (OWASP: m=64 MiB, t=3, p=4 is comfortably above the minimum)."""
+
+    iterations: int = Field(default=3, ge=1)
+    memory: int = Field(default=65536, ge=8192, description="KiB")
+    parallelism: int = Field(default=4, ge=1)
+    #: At most this many password hashes run at once (bounds memory under a login burst).
+    max_concurrent: int = Field(default=4, ge=1)
+
+
+class FileBackendConfig(Model):
+    path: Path
+    watch: bool = True
+    password: PasswordHashConfig = PasswordHashConfig()
+
+
+LdapImplementation = Literal["custom", "openldap", "activedirectory", "freeipa", "rfc2307bis"]
+
+
+class LdapTlsConfig(Model):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    skip_verify: bool = False
+    minimum_version: Literal["TLS1.0", "TLS1.1", "TLS1.2", "TLS1.3"] = "TLS1.2"
+
+
+class LdapConfig(SecretsMixin):
+    _secret_fields = ("password",)
+    implementation: LdapImplementation = "custom"
+    url: StrList
+    start_tls: bool = False
+    tls: LdapTlsConfig = LdapTlsConfig()
+    timeout: Duration = 5.0
+    base_dn: str
+    additional_users_dn: str | None = None
+    additional_groups_dn: str | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    users_filter: str | None = None
+    groups_filter: str | None = None
+    username_attribute: str | None = None
+    mail_attribute: str | None = None
+    display_name_attribute: str | None = None
+    group_name_attribute: str | None = None
+    refresh_interval: Duration = 300.0
+    pool_size: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("url")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("at least one URL is required")
+        for url in urls:
+            if urlsplit(url).scheme not in ("ldap", "ldaps"):
+                raise ValueError(f"{url!r} is not an ldap:// or ldaps:// URL")
+        return urls
+
+    @model_validator(mode="after")
+    def _check_bind(self) -> LdapConfig:
+        if self.user and self.password is None:
+            raise ValueError("user is set but neither password nor password_file is")
+        if any(u.startswith("ldaps://") for u in self.url) and self.start_tls:
+            raise ValueError("start_tls cannot be combined with an ldaps:// URL")
+        return self
+
+
+class AuthenticationConfig(Model):
+    backend: Literal["file", "ldap"] = "file"
+    file: FileBackendConfig | None = None
+    ldap: LdapConfig | None = None
+    #: Machine clients: HTTP Basic on the verify endpoints (a rule may override it).
+    basic_auth: bool = True
+    basic_auth_realm: str = "authportal"
+    #: How long a successful Basic check is remembered (keyed by an HMAC, never the password); 0 disables.
+    credentials_cache_ttl: Duration = 60.0
+    credentials_cache_size: int = Field(default=10000, ge=1)
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> AuthenticationConfig:
+        if getattr(self, self.backend) is None:
+            raise ValueError(f"backend is {self.backend!r} but the {self.backend!r} section is missing")
+        return self
+
+
+class TotpConfig(Model):
+    issuer: str = "authportal"
+    algorithm: Literal["sha1", "sha256", "sha512"] = "sha1"
+    digits: Literal[6, 8] = 6
+    period: int = Field(default=30, ge=15, le=120)
+    skew: int = Field(default=1, ge=0, le=3)
+    allow_enrollment: bool = True
+    #: How recent the password check must be to enrol or replace a device.
+    reauthentication: Duration = 300.0
+
+
+class SqliteConfig(Model):
+    path: Path
+
+
+class PostgresConfig(SecretsMixin):
+    _secret_fields = ("password",)
+    url: str
+    password: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+
+class StorageConfig(Model):
+    sqlite: SqliteConfig | None = None
+    postgres: PostgresConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StorageConfig:
+        if (self.sqlite is None) == (self.postgres is None):
+            raise ValueError("configure exactly one of sqlite or postgres")
+        return self
+
+
+class RegulationConfig(Model):
+    max_retries: int = Field(default=5, ge=1)
+    #: Failures from one client IP (any user) before that IP is banned; 0 turns it off.
+    ip_max_retries: int = Field(default=20, ge=0)
+    find_time: Duration = 120.0
+    ban_time: Duration = 300.0
+    #: Every first-factor answer takes at least this long, so timing leaks nothing.
+    minimum_delay: Duration = 0.25
+
+
+Policy = Literal["bypass", "deny", "one_factor", "two_factor"]
+
+
+class NamedNetworks(Model):
+    name: str
+    networks: list[IPvAnyNetwork]
+
+
+class AccessRule(Model):
+    domain: StrList = []
+    domain_regex: StrList = []
+    resources: StrList = []
+    methods: list[str] = []
+    #: Each item is OR'ed; an item that is itself a list is AND'ed (`[[group:a, group:b]]`).
+    subject: list[Union[str, list[str]]] = []
+    networks: StrList = []
+    policy: Policy
+    #: Accept HTTP Basic / Bearer tokens here; unset = authentication.basic_auth.
+    basic_auth: bool | None = None
+
+    @field_validator("domain_regex", "resources")
+    @classmethod
+    def _check_regexes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return values
+
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, values: list[str]) -> list[str]:
+        known = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PROPFIND"}
+        upper = [v.upper() for v in values]
+        unknown = sorted(set(upper) - known)
+        if unknown:
+            raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
+        return upper
+
+    @field_validator("subject")
+    @classmethod
+    def _check_subjects(cls, values: list[str | list[str]]) -> list[str | list[str]]:
+        for item in values:
+            for subject in [item] if isinstance(item, str) else item:
+                kind, _, name = subject.partition(":")
+                if kind not in ("user", "group") or not name:
+                    raise ValueError(f"subject {subject!r} must be 'user:NAME' or 'group:NAME'")
+        return values
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> AccessRule:
+        if not self.domain and not self.domain_regex:
+            raise ValueError("a rule needs domain or domain_regex")
+        if self.policy == "bypass" and self.subject:
+            raise ValueError("a bypass rule cannot have a subject (nobody is logged in to match it)")
+        return self
+
+
+class AccessControlConfig(Model):
+    default_policy: Policy = "deny"
+    networks: list[NamedNetworks] = []
+    rules: list[AccessRule] = []
+
+    @model_validator(mode="after")
+    def _check_network_names(self) -> AccessControlConfig:
+        names = {n.name for n in self.networks}
+        for rule in self.rules:
+            for net in rule.networks:
+                if net in names:
+                    continue
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ValueError(f"network {net!r} is neither a CIDR nor a name from access_control.networks") from None
+        return self
+
+
+class LogConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    #: Audit events as JSON lines in their own file (they also go to the `authportal.audit` logger).
+    audit_file: Path | None = None
+
+
+class MetricsConfig(Model):
+    enabled: bool = True
+    #: Client networks allowed to read /metrics; empty = anyone who reaches the portal.
+    networks: list[IPvAnyNetwork] = []
+
+
+class Config(SecretsMixin):
+    _secret_fields = ("secret_key",)
+    server: ServerConfig = ServerConfig()
+    secret_key: SecretStr | None = None
+    session: SessionConfig = SessionConfig()
+    authentication: AuthenticationConfig
+    totp: TotpConfig = TotpConfig()
+    storage: StorageConfig
+    regulation: RegulationConfig = RegulationConfig()
+    access_control: AccessControlConfig = AccessControlConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        if self.secret_key is None:
+            raise ValueError("secret_key or secret_key_file is required (it signs cookies and encrypts TOTP secrets)")
+        domain = self.session.domain
+        if domain:
+            host = (urlsplit(self.portal_url).hostname or "").lower()
+            if host != domain and not host.endswith("." + domain):
+                raise ValueError(
+                    f"session.domain {domain!r} does not cover the portal host {host!r}: "
+                    "the session cookie would never reach the portal"
+                )
+        if self.portal_url.startswith("http://") and self.session.cookie_secure:
+            host = urlsplit(self.portal_url).hostname
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(
+                    "server.portal_url is http:// but session.cookie_secure is true: "
+                    "browsers would drop the cookie; use https or set cookie_secure: false for a trial"
+                )
+        return self
+
+    @property
+    def portal_url(self) -> str:
+        return self.server.portal_url or f"http://{self.server.address}"
+
+    def warnings(self) -> list[str]:
+        """Legal but risky settings, logged loudly at every start."""
+        found = []
+        if not self.session.cookie_secure:
+            found.append("session.cookie_secure is false: cookies travel over plain http (trials only)")
+        ldap = self.authentication.ldap
+        if self.authentication.backend == "ldap" and ldap and ldap.tls.skip_verify:
+            found.append("authentication.ldap.tls.skip_verify is true: the directory's certificate is NOT verified")
+        if self.access_control.default_policy == "bypass" and not self.access_control.rules:
+            found.append("access_control.default_policy is bypass and there are no rules: nothing is protected")
+        for net in self.server.trusted_proxies:
+            if net.prefixlen == 0:
+                found.append(f"server.trusted_proxies contains {net}: any client can forge the original URL")
+        if self.server.workers > 1 and self.session.redis is None:
+            found.append("server.workers > 1 without session.redis: bans are counted per worker")
+        return found
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("function-after[_check_bind()]",) or str(item).startswith(("function-", "union[", "list[", "str", "is-instance")):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        errors.append(f"{_format_loc(err['loc'])}: {message}")
+    return sorted(set(errors), key=errors.index)
+
+
+def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:
+    """Merge `AUTHPORTAL_A__B=value` into raw[a][b]; returns problems found."""
+    problems = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        if not all(path):
+            problems.append(f"{name}: malformed variable name")
+            continue
+        node = raw
+        for key in path[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                problems.append(f"{name}: {'.'.join(path)} does not name a configuration key")
+                break
+            node = child
+        else:
+            try:
+                node[path[-1]] = yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError:
+                node[path[-1]] = value
+    return problems
+
+
+def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
+    """Validate a decoded YAML document (plus environment overrides)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): the configuration must be a mapping of keys"])
+    problems = _apply_env(raw, dict(os.environ) if environ is None else environ)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(problems + _format_errors(exc)) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
+    """Read, validate and resolve a configuration file; relative paths are taken from its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration file: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    cwd = os.getcwd()
+    try:
+        os.chdir(path.resolve().parent)  # `*_file` and relative paths resolve beside the config
+        config = parse_config(raw, environ)
+        return _absolute_paths(config)
+    finally:
+        os.chdir(cwd)
+
+
+def _absolute_paths(config: Config) -> Config:
+    auth = config.authentication
+    updates: dict[str, Any] = {}
+    if auth.file is not None:
+        updates["authentication"] = auth.model_copy(
+            update={"file": auth.file.model_copy(update={"path": auth.file.path.resolve()})}
+        )
+    if config.storage.sqlite is not None:
+        updates["storage"] = config.storage.model_copy(
+            update={"sqlite": SqliteConfig(path=config.storage.sqlite.path.resolve())}
+        )
+    if config.log.audit_file is not None:
+        updates["log"] = config.log.model_copy(update={"audit_file": config.log.audit_file.resolve()})
+    return config.model_copy(update=updates)

@@ -1,0 +1,181 @@
+"""Per-user state in SQLite (default) or PostgreSQL (several instances), via SQLAlchemy Core.
+
+Holds sessions (when Redis is not configured), TOTP secrets and used codes, and
+API tokens. The schema is versioned in `schema_version`; `migrate()` brings an
+older database up to date at startup.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .config import StorageConfig
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("username", sa.String(256), index=True),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+totp_configurations = sa.Table(
+    "totp_configurations",
+    metadata,
+    sa.Column("username", sa.String(256), primary_key=True),
+    sa.Column("secret", sa.LargeBinary, nullable=False),  # AES-GCM nonce + ciphertext
+    sa.Column("algorithm", sa.String(16), nullable=False),
+    sa.Column("digits", sa.Integer, nullable=False),
+    sa.Column("period", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+totp_history = sa.Table(
+    "totp_history",
+    metadata,
+    sa.Column("username", sa.String(256), primary_key=True),
+    sa.Column("step", sa.BigInteger, primary_key=True),
+    sa.Column("used_at", sa.Float, nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("username", sa.String(256), nullable=False, index=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("scope", sa.Text, nullable=False, default=""),  # comma-separated subjects, "" = all of the owner's
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("last_used_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),
+)
+
+
+class StorageUnavailable(Exception):
+    """The database cannot answer; callers deny."""
+
+
+def engine_url(config: StorageConfig) -> sa.URL:
+    if config.sqlite is not None:
+        return sa.URL.create("sqlite+pysqlite", database=str(config.sqlite.path))
+    assert config.postgres is not None
+    url = sa.make_url(config.postgres.url).set(drivername="postgresql+psycopg")
+    if config.postgres.password is not None:
+        url = url.set(password=config.postgres.password.get_secret_value())
+    return url
+
+
+class Storage:
+    """The database and its tables; one instance per process, safe across threads."""
+
+    def __init__(self, config: StorageConfig):
+        url = engine_url(config)
+        if url.get_backend_name() == "sqlite":
+            assert config.sqlite is not None
+            config.sqlite.path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = sa.create_engine(url, connect_args={"timeout": 5})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(
+                url, pool_size=4, max_overflow=4, pool_pre_ping=True, pool_recycle=600,
+                connect_args={"connect_timeout": 3},
+            )
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (idempotent; safe with several instances starting at once)."""
+        try:
+            with self.engine.begin() as conn:
+                metadata.create_all(conn)
+                found = conn.execute(sa.select(schema_version.c.version)).scalar()
+                if found is None:
+                    conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+                elif found > SCHEMA_VERSION:
+                    raise StorageUnavailable(
+                        f"the database schema is version {found}, newer than this authportal ({SCHEMA_VERSION})"
+                    )
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(f"cannot prepare the database: {exc.__class__.__name__}: {exc}") from exc
+
+    def health(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            return f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+        return None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # Sessions (the local store when Redis is not configured).
+
+    def load_session(self, session_id: str) -> dict[str, Any] | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                sa.select(sessions.c.data).where(sessions.c.id == session_id, sessions.c.expires_at > time.time())
+            ).first()
+        return json.loads(row[0]) if row else None
+
+    def save_session(self, session_id: str, data: dict[str, Any], expires_at: float) -> None:
+        values = {"username": data.get("user"), "data": json.dumps(data), "expires_at": expires_at}
+        with self._begin() as conn:
+            updated = conn.execute(sessions.update().where(sessions.c.id == session_id).values(**values)).rowcount
+            if not updated:
+                conn.execute(sessions.insert().values(id=session_id, **values))
+            conn.execute(sessions.delete().where(sessions.c.expires_at < time.time() - 60))
+
+    def delete_session(self, session_id: str) -> None:
+        with self._begin() as conn:
+            conn.execute(sessions.delete().where(sessions.c.id == session_id))
+
+    def _connect(self) -> Any:
+        return _Guard(self.engine.connect)
+
+    def _begin(self) -> Any:
+        return _Guard(self.engine.begin)
+
+
+class _Guard:
+    """Context manager turning any database error into StorageUnavailable (fail closed upstream)."""
+
+    def __init__(self, opener: Any):
+        self._opener = opener
+        self._ctx: Any = None
+
+    def __enter__(self) -> Any:
+        try:
+            self._ctx = self._opener()
+            return self._ctx.__enter__()
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(str(exc).splitlines()[0]) from exc
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        try:
+            self._ctx.__exit__(*exc_info)
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(str(exc).splitlines()[0]) from exc
+        if exc_info[0] is not None and issubclass(exc_info[0], SQLAlchemyError):
+            raise StorageUnavailable(str(exc_info[1]).splitlines()[0]) from exc_info[1]
+        return False
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the real servers the test suite runs (Debian packages), once, as root.
+# Services never start by themselves here: the tests start their own copies on loopback.
+set -euo pipefail
+packages=(nginx redis-server slapd ldap-utils samba samba-ad-dc samba-ad-provision winbind krb5-user
+          haproxy caddy prometheus prometheus-alertmanager chromium chromium-driver postgresql
+          wrk socat iproute2 apache2-utils)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages (run as root to install): ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
