@@ -408,7 +408,7 @@ class MetricsConfig(Model):
 class Config(SecretsMixin):
     _secret_fields = ("secret_key",)
     server: ServerConfig = ServerConfig()
-    secret_key: SecretStr | None = None
+    secret_key: SecretStr
     session: SessionConfig = SessionConfig()
     authentication: AuthenticationConfig
     totp: TotpConfig = TotpConfig()
@@ -420,15 +420,13 @@ class Config(SecretsMixin):
 
     @field_validator("secret_key")
     @classmethod
-    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 32:
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
         return value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
-        if self.secret_key is None:
-            raise ValueError("secret_key or secret_key_file is required (it signs cookies and encrypts TOTP secrets)")
         domain = self.session.domain
         if domain:
             host = (urlsplit(self.portal_url).hostname or "").lower()
@@ -473,7 +471,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("function-after[_check_bind()]",) or str(item).startswith(("function-", "union[", "list[", "str", "is-instance")):
+        elif str(item).startswith(("function-", "union[", "list[", "str", "is-instance")):
             continue
         else:
             parts.append(("." if parts else "") + str(item))
@@ -486,6 +484,8 @@ def _format_errors(exc: ValidationError) -> list[str]:
         message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
+        elif err["type"] == "missing" and err["loc"] == ("secret_key",):
+            message = "required (or secret_key_file): it signs cookies and encrypts TOTP secrets"
         elif err["type"] == "missing":
             message = "required key is missing"
         errors.append(f"{_format_loc(err['loc'])}: {message}")

@@ -179,3 +179,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+#: One sealed canary, so a changed secret_key is caught at startup rather than at someone's login.
+encryption_check = sa.Table(
+    "encryption_check",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("canary", sa.LargeBinary, nullable=False),  # AES-GCM nonce + ciphertext
+)

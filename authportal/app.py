@@ -1,0 +1,149 @@
+"""The application factory: builds every component from a validated Config and wires them together.
+
+`create_app(config)` returns a WSGI callable that sends the verify endpoints
+to the lean `Verifier` and everything else (login, logout, pages, health,
+metrics) to Flask.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from flask import Flask
+
+from .authentication import BackendUnavailable, UserProvider
+from .authentication.users_file import UsersFileProvider, open_users_file
+from .authorization import AccessRules
+from .config import Config
+from .machine_auth import CredentialCache, MachineAuthenticator
+from .metrics import Metrics
+from .passwords import PasswordHasher
+from .proxies import TrustedProxies
+from .refresh import DetailsRefresher
+from .regulation import Regulator
+from .secretbox import SecretBox
+from .sessions import SessionStore, open_session_store
+from .storage import Storage
+from .tokens import TokenService
+from .totp import TotpService
+from .verify import FORWARD_AUTH_PATH, VERIFY_PATH, Verifier
+
+log = logging.getLogger("authportal")
+
+
+@dataclass
+class Portal:
+    """Every component of a running portal; views reach it as `current_portal()`."""
+
+    config: Config
+    provider: UserProvider
+    storage: Storage
+    sessions: SessionStore
+    rules: AccessRules
+    regulator: Regulator
+    totp: TotpService
+    tokens: TokenService
+    credentials: CredentialCache
+    metrics: Metrics
+    proxies: TrustedProxies
+    refresher: DetailsRefresher
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+
+
+def build_provider(config: Config) -> UserProvider:
+    auth = config.authentication
+    if auth.backend == "ldap":
+        from .authentication.ldap import LdapUserProvider
+
+        assert auth.ldap is not None
+        return LdapUserProvider(auth.ldap)
+    assert auth.file is not None
+    return open_users_file(auth.file, PasswordHasher(auth.file.password))
+
+
+def build_portal(config: Config) -> Portal:
+    """Open backends, migrate storage, compile rules. Raises BackendUnavailable/StorageUnavailable."""
+    for warning in config.warnings():
+        log.warning("%s", warning)
+    storage = Storage(config.storage)
+    storage.migrate()
+    secret_key = config.secret_key.get_secret_value()
+    box = SecretBox(secret_key)
+    box.verify_key(storage)
+    provider = build_provider(config)
+    sessions = open_session_store(config.session, storage)
+    redis_url = config.session.redis.url if config.session.redis else None
+    metrics = Metrics()
+    credentials = CredentialCache(config.authentication.credentials_cache_ttl,
+                                  config.authentication.credentials_cache_size,
+                                  on_lookup=lambda hit: metrics.cache_lookups.labels("hit" if hit else "miss").inc())
+    if isinstance(provider, UsersFileProvider):
+        provider.on_change(credentials.clear)
+        refresher = DetailsRefresher(provider, sessions, None)
+    else:
+        assert config.authentication.ldap is not None
+        refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)
+    portal = Portal(
+        config=config, provider=provider, storage=storage, sessions=sessions,
+        rules=AccessRules(config.access_control),
+        regulator=Regulator(config.regulation, redis_url or "memory://"),
+        totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
+        credentials=credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
+        refresher=refresher,
+    )
+    portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
+    return portal
+
+
+class PortalApp:
+    """WSGI entry point: verify paths to the lean handler, the rest to Flask."""
+
+    def __init__(self, portal: Portal, flask_app: Flask):
+        self.portal = portal
+        self.flask = flask_app
+        self.verifier = Verifier(
+            portal.config, portal.sessions, portal.rules,
+            MachineAuthenticator(portal.provider, portal.tokens, portal.credentials),
+            portal.metrics, portal.refresher, portal.proxies,
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO")
+        if path == VERIFY_PATH or path == FORWARD_AUTH_PATH:
+            return self.verifier(environ, start_response)
+        return self.flask(environ, start_response)
+
+    def close(self) -> None:
+        self.portal.close()
+
+
+def _asset_dir(name: str) -> Path:
+    """templates/ and static/: inside the installed package (wheel), or at the top of a source checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / name
+    return installed if installed.is_dir() else package.parent / name
+
+
+def create_app(config: Config) -> PortalApp:
+    from .views import register_views
+
+    portal = build_portal(config)
+    flask_app = Flask(
+        "authportal",
+        template_folder=str(_asset_dir("templates")),
+        static_folder=str(_asset_dir("static")),
+        static_url_path="/static",
+    )
+    flask_app.config.update(SECRET_KEY=config.secret_key.get_secret_value(), MAX_CONTENT_LENGTH=64 * 1024)
+    flask_app.extensions["authportal"] = portal
+    register_views(flask_app)
+    return PortalApp(portal, flask_app)
+
+
+__all__ = ["create_app", "build_portal", "Portal", "PortalApp", "BackendUnavailable"]

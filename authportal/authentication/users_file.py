@@ -1,0 +1,176 @@
+"""The local users file, in the shape of Authelia's users_database.yml.
+
+It is re-read when it changes (a watcher polls its mtime); a malformed new
+version is refused, the last good one keeps serving, and health reports it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..config import FileBackendConfig, _format_errors
+from ..passwords import PasswordHasher, check_hash_format
+from . import BackendUnavailable, UserDetails, acceptable_credentials
+
+log = logging.getLogger("authportal.users_file")
+
+USERNAME_PATTERN = r"^[A-Za-z0-9._@\-]{1,128}$"
+
+
+class UserEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    password: str
+    displayname: str = ""
+    email: str = ""
+    groups: list[str] = []
+    disabled: bool = False
+
+    @field_validator("password")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        check_hash_format(value)
+        return value
+
+
+class UsersDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    users: dict[str, UserEntry] = Field(default_factory=dict)
+
+    @field_validator("users")
+    @classmethod
+    def _names(cls, users: dict[str, UserEntry]) -> dict[str, UserEntry]:
+        for name in users:
+            if not re.fullmatch(USERNAME_PATTERN, name):
+                raise ValueError(f"invalid user name {name!r} (letters, digits and . _ @ - only)")
+        return users
+
+
+class UsersFileError(Exception):
+    """The users file cannot be used; the message names the file and the problem."""
+
+
+def parse_users_file(path: Path) -> dict[str, UserEntry]:
+    """Read and validate the whole file; raise UsersFileError with every problem."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UsersFileError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UsersFileError(f"{path}: malformed YAML{where}") from None
+    try:
+        return UsersDocument.model_validate(raw or {}).users
+    except ValidationError as exc:
+        raise UsersFileError(f"{path}: " + "; ".join(_format_errors(exc))) from None
+
+
+class UsersFileProvider:
+    """UserProvider over the users file; thread-safe, swaps the whole table on reload."""
+
+    def __init__(self, config: FileBackendConfig, hasher: PasswordHasher, poll_interval: float = 1.0):
+        self.path = config.path
+        self._hasher = hasher
+        self._users: dict[str, UserEntry] = parse_users_file(self.path)
+        self._stamp = self._file_stamp()
+        self._error: str | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if config.watch:
+            self._watcher = threading.Thread(
+                target=self._watch, args=(poll_interval,), name="users-file-watcher", daemon=True
+            )
+            self._watcher.start()
+
+    # UserProvider
+
+    def check_password(self, username: str, password: str) -> UserDetails | None:
+        if not acceptable_credentials(username, password):
+            return None
+        entry = self._users.get(username)
+        if entry is None:
+            self._hasher.verify_dummy(password)
+            return None
+        if not self._hasher.verify(entry.password, password) or entry.disabled:
+            return None
+        return _details(username, entry)
+
+    def get_details(self, username: str) -> UserDetails | None:
+        entry = self._users.get(username)
+        if entry is None or entry.disabled:
+            return None
+        return _details(username, entry)
+
+    def health(self) -> str | None:
+        return self._error
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # Reloading
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each successful reload (the Basic-auth cache forgets everything)."""
+        self._listeners.append(listener)
+
+    @property
+    def users(self) -> dict[str, Any]:
+        return self._users
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file if its mtime/size/inode changed; True when a new version was loaded."""
+        with self._lock:
+            stamp = self._file_stamp()
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            try:
+                users = parse_users_file(self.path)
+            except UsersFileError as exc:
+                if self._error != str(exc):
+                    log.error("users file not reloaded, the last good version keeps serving: %s", exc)
+                self._error = str(exc)
+                return False
+            self._users = users
+            if self._error:
+                log.info("users file is valid again: %s", self.path)
+            self._error = None
+            log.info("users file reloaded: %s (%d users)", self.path, len(users))
+        for listener in self._listeners:
+            listener()
+        return True
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.reload_if_changed()
+            except Exception:  # the watcher must never die
+                log.exception("users file watcher failed")
+
+
+def _details(username: str, entry: UserEntry) -> UserDetails:
+    return UserDetails(username=username, display_name=entry.displayname or username,
+                       email=entry.email, groups=tuple(entry.groups))
+
+
+def open_users_file(config: FileBackendConfig, hasher: PasswordHasher) -> UsersFileProvider:
+    try:
+        return UsersFileProvider(config, hasher)
+    except UsersFileError as exc:
+        raise BackendUnavailable(str(exc)) from None

@@ -1,0 +1,94 @@
+"""The `authportal` command: serve, check-config, hash-password, demo, users, totp, tokens."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..config import ConfigError, load_config
+from .common import EXIT_CONFIG, EXIT_RUNTIME, config_option, fail, load_or_exit, report_config_errors
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="authportal")
+def main() -> None:
+    """A login portal and forward-auth server for web apps without a login of their own.
+
+    Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+    """
+
+
+@main.command("serve")
+@config_option
+@click.option("--workers", type=click.IntRange(1, 64), help="Server processes (default: server.workers).")
+@click.option("--threads", type=click.IntRange(1, 256), help="Threads per process for logins and pages "
+              "(default: server.threads).")
+def serve(config_path: str, workers: int | None, threads: int | None) -> None:
+    """Run the portal on the production server (granian), in the foreground, logging to stderr."""
+    from ..server import run
+
+    config = load_or_exit(config_path)
+    sys.exit(run(config, config_path, workers=workers, threads=threads))
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: str) -> None:
+    """Validate the configuration (and the users file); print every error with its key path."""
+    from ..server import check_backends
+
+    try:
+        config = load_config(config_path)
+        problems = check_backends(config)
+    except ConfigError as exc:
+        report_config_errors(exc)
+        sys.exit(EXIT_CONFIG)
+    if problems:
+        report_config_errors(ConfigError(problems))
+        sys.exit(EXIT_CONFIG)
+    for warning in config.warnings():
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{config_path}: configuration is valid")
+
+
+@main.command("hash-password")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from the first line of stdin.")
+def hash_password(from_stdin: bool) -> None:
+    """Print an argon2id hash of a password, for the users file."""
+    from ..passwords import PasswordHasher
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        fail("the password is empty", EXIT_CONFIG)
+    click.echo(PasswordHasher().hash(password))
+
+
+@main.command("demo")
+@click.option("--dir", "directory", default="run", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo config, users file and database go.")
+def demo(directory: str) -> None:
+    """Try it: write a demo config with demo users (printed) and serve on http://127.0.0.1:9091."""
+    from ..demo import write_demo
+    from ..server import run
+
+    config_path = write_demo(directory)
+    sys.exit(run(load_or_exit(str(config_path)), str(config_path)))
+
+
+def _register_subgroups() -> None:
+    from .tokens import tokens
+    from .totp import totp
+    from .users import users
+
+    main.add_command(users)
+    main.add_command(totp)
+    main.add_command(tokens)
+
+
+_register_subgroups()
+
+__all__ = ["main", "EXIT_CONFIG", "EXIT_RUNTIME", "config_option"]

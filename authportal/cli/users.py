@@ -1,0 +1,178 @@
+"""`authportal users`: edit the users file safely (comments kept, temp file + fsync + atomic rename)."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+from ruamel.yaml import YAML
+
+from ..authentication.users_file import USERNAME_PATTERN, UsersFileError, parse_users_file
+from ..passwords import PasswordHasher, UnsupportedHash, check_hash_format
+from .common import EXIT_CONFIG, fail
+
+file_option = click.option("--file", "-f", "users_file", required=True, type=click.Path(dir_okay=False),
+                           help="The users file (Authelia users_database.yml shape).")
+
+
+def _yaml() -> YAML:
+    yaml = YAML()  # round-trip mode keeps comments and key order
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def _load(path: Path) -> Any:
+    if not path.exists():
+        return {"users": {}}
+    document = _yaml().load(path.read_text()) or {}
+    if "users" not in document or document["users"] is None:
+        document["users"] = {}
+    return document
+
+
+def _save(path: Path, document: Any) -> None:
+    """Write beside the file, fsync, validate, then rename over it: readers never see half a file."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            _yaml().dump(document, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        parse_users_file(tmp)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except UsersFileError as exc:
+        tmp.unlink(missing_ok=True)
+        fail(f"refusing to write an invalid users file: {exc}", EXIT_CONFIG)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        fail("the password is empty", EXIT_CONFIG)
+    return password
+
+
+@click.group()
+def users() -> None:
+    """Manage the local users file."""
+
+
+@users.command("add")
+@file_option
+@click.argument("username")
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--email", default="")
+@click.option("--group", "groups", multiple=True, help="A group (repeatable).")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from stdin.")
+def add(users_file: str, username: str, display_name: str, email: str, groups: tuple[str, ...],
+        from_stdin: bool) -> None:
+    """Add a user (the password is hashed with argon2id)."""
+    if not re.fullmatch(USERNAME_PATTERN, username):
+        fail(f"invalid user name {username!r} (letters, digits and . _ @ - only)", EXIT_CONFIG)
+    path = Path(users_file)
+    document = _load(path)
+    if username in document["users"]:
+        fail(f"user {username!r} already exists (use `users passwd` to change the password)", EXIT_CONFIG)
+    entry: dict[str, Any] = {"password": PasswordHasher().hash(_read_password(from_stdin))}
+    if display_name:
+        entry["displayname"] = display_name
+    if email:
+        entry["email"] = email
+    entry["groups"] = list(groups)
+    document["users"][username] = entry
+    _save(path, document)
+    click.echo(f"added {username}")
+
+
+def _existing(document: Any, username: str) -> Any:
+    entry = document["users"].get(username)
+    if entry is None:
+        fail(f"no user {username!r}", EXIT_CONFIG)
+    return entry
+
+
+@users.command("passwd")
+@file_option
+@click.argument("username")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from stdin.")
+def passwd(users_file: str, username: str, from_stdin: bool) -> None:
+    """Set a user's password."""
+    path = Path(users_file)
+    document = _load(path)
+    _existing(document, username)["password"] = PasswordHasher().hash(_read_password(from_stdin))
+    _save(path, document)
+    click.echo(f"password changed for {username}")
+
+
+@users.command("disable")
+@file_option
+@click.argument("username")
+@click.option("--enable", is_flag=True, help="Enable the user again instead.")
+def disable(users_file: str, username: str, enable: bool) -> None:
+    """Disable (or --enable) a user; their sessions end at their next request."""
+    path = Path(users_file)
+    document = _load(path)
+    _existing(document, username)["disabled"] = not enable
+    _save(path, document)
+    click.echo(f"{'enabled' if enable else 'disabled'} {username}")
+
+
+@users.command("list")
+@file_option
+def list_users(users_file: str) -> None:
+    """List users, their groups and state."""
+    try:
+        entries = parse_users_file(Path(users_file))
+    except UsersFileError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    for name, entry in sorted(entries.items()):
+        state = "disabled" if entry.disabled else "active"
+        click.echo(f"{name:20} {state:9} {','.join(entry.groups)}")
+
+
+@users.command("import")
+@file_option
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+def import_users(users_file: str, source: str) -> None:
+    """Import bcrypt users from an htpasswd file (htpasswd -B) or a Prometheus web-config.yml."""
+    text = Path(source).read_text()
+    found: dict[str, str] = {}
+    try:
+        web_config = _yaml().load(text)
+    except Exception:
+        web_config = None
+    if isinstance(web_config, dict) and "basic_auth_users" in web_config:
+        found = {str(k): str(v) for k, v in (web_config["basic_auth_users"] or {}).items()}
+    else:
+        for line in text.splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, _, hashed = line.strip().partition(":")
+                found[name] = hashed
+    path = Path(users_file)
+    document = _load(path)
+    for name, hashed in found.items():
+        try:
+            check_hash_format(hashed)
+        except UnsupportedHash as exc:
+            fail(f"{source}: user {name!r}: {exc}", EXIT_CONFIG)
+        if name in document["users"]:
+            document["users"][name]["password"] = hashed
+        else:
+            document["users"][name] = {"password": hashed, "groups": []}
+    _save(path, document)
+    click.echo(f"imported {len(found)} user(s) into {users_file}")

@@ -1,0 +1,48 @@
+"""Who is behind a request, as the verify path needs it: name, groups, factor level and the headers to pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .authentication import UserDetails
+
+ONE_FACTOR = 1
+TWO_FACTOR = 2
+
+
+def header_value(text: str) -> str:
+    """A WSGI-safe header value: UTF-8 bytes carried as latin-1, no CR/LF (no header injection)."""
+    text = text.replace("\r", " ").replace("\n", " ")
+    return text.encode("utf-8").decode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str
+    groups: frozenset[str]
+    level: int
+    headers: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def build(cls, user: str, groups: list[str] | tuple[str, ...], name: str, email: str, level: int) -> Identity:
+        headers = (
+            ("Remote-User", header_value(user)),
+            ("Remote-Groups", header_value(",".join(groups))),
+            ("Remote-Name", header_value(name)),
+            ("Remote-Email", header_value(email)),
+        )
+        return cls(user, frozenset(groups), level, headers)
+
+    @classmethod
+    def from_details(cls, details: UserDetails, level: int = ONE_FACTOR) -> Identity:
+        return cls.build(details.username, details.groups, details.display_name, details.email, level)
+
+    @classmethod
+    def from_session(cls, data: dict[str, Any]) -> Identity:
+        return cls.build(data["user"], data["groups"], data["name"], data["email"], data["level"])
+
+
+def session_fields(details: UserDetails) -> dict[str, Any]:
+    """The user part of a session record (JSON-serialisable)."""
+    return {"user": details.username, "groups": list(details.groups),
+            "name": details.display_name, "email": details.email}

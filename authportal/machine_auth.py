@@ -1,0 +1,145 @@
+"""Machine clients on the verify path: HTTP Basic and Bearer API tokens, with a safe result cache.
+
+A scraper sends its credentials on every request; hashing argon2 (or binding
+to LDAP) each time would cost ~50 ms. A successful check is remembered for
+`credentials_cache_ttl` under an HMAC of user+password keyed by a per-process
+random key — never the password itself. Failures are never cached as success.
+Concurrent identical checks wait for the first one (single flight).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+from .authentication import UserProvider
+from .identity import ONE_FACTOR, Identity
+
+
+class CredentialCache:
+    """Bounded LRU of identities keyed by HMAC(credential); entries expire after `ttl` seconds."""
+
+    def __init__(self, ttl: float, size: int, clock: Callable[[], float] = time.monotonic,
+                 on_lookup: Callable[[bool], None] = lambda hit: None):
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._on_lookup = on_lookup
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._inflight: dict[bytes, threading.Lock] = {}
+
+    def key(self, *parts: str) -> bytes:
+        return hmac.new(self._key, "\x00".join(parts).encode(), hashlib.sha256).digest()
+
+    def get(self, key: bytes) -> Identity | None:
+        entry = self._entries.get(key)
+        if entry is None or self._clock() >= entry[0]:
+            return None
+        return entry[1]
+
+    def put(self, key: bytes, identity: Identity) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (self._clock() + self.ttl, identity)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def remembered(self, key: bytes, check: Callable[[], Identity | None]) -> Identity | None:
+        """The cached identity, or the result of `check()` run once even when many ask at the same time."""
+        found = self.get(key)
+        if found is not None:
+            self._on_lookup(True)
+            return found
+        with self._lock:
+            gate = self._inflight.setdefault(key, threading.Lock())
+        with gate:
+            found = self.get(key)
+            if found is not None:
+                self._on_lookup(True)
+                return found
+            self._on_lookup(False)
+            try:
+                identity = check()
+            finally:
+                with self._lock:
+                    self._inflight.pop(key, None)
+            if identity is not None:
+                self.put(key, identity)
+            return identity
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def parse_basic(header: str) -> tuple[str, str] | None:
+    """(user, password) from `Basic base64(user:password)`, or None when malformed."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def parse_bearer(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value and len(value) <= 256 else None
+
+
+class MachineAuthenticator:
+    """Turns an Authorization header into an Identity (or None), cheaply for repeat callers."""
+
+    def __init__(self, provider: UserProvider, tokens: Any, cache: CredentialCache):
+        self.provider = provider
+        self.tokens = tokens
+        self.cache = cache
+
+    def authenticate(self, header: str) -> Identity | None:
+        if header[:6].lower() == "basic ":
+            credentials = parse_basic(header)
+            if credentials is None:
+                return None
+            user, password = credentials
+            return self.cache.remembered(self.cache.key("basic", user, password),
+                                         lambda: self._check_password(user, password))
+        token = parse_bearer(header)
+        if token is None or self.tokens is None:
+            return None
+        # Tokens are re-checked against storage each time the short cache lapses; revocation
+        # also clears the cache of this process (TokenService users call cache.clear()).
+        return self.cache.remembered(self.cache.key("bearer", token), lambda: self._check_token(token))
+
+    def _check_password(self, user: str, password: str) -> Identity | None:
+        details = self.provider.check_password(user, password)
+        return Identity.from_details(details, ONE_FACTOR) if details else None
+
+    def _check_token(self, token: str) -> Identity | None:
+        info = self.tokens.authenticate(token)
+        if info is None:
+            return None
+        details = self.provider.get_details(info.username)
+        if details is None:
+            return None
+        groups = details.groups
+        if info.scope:
+            allowed = {s.partition(":")[2] for s in info.scope if s.startswith("group:")}
+            groups = tuple(g for g in groups if g in allowed)
+        return Identity.build(details.username, groups, details.display_name, details.email, ONE_FACTOR)

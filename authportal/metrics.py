@@ -1,0 +1,56 @@
+"""Prometheus metrics (`/metrics`), correct across several server workers.
+
+When `PROMETHEUS_MULTIPROC_DIR` is set (serve sets it for more than one
+worker) prometheus_client keeps values in shared files and `/metrics`
+aggregates them.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LOGIN_RESULTS = ("success", "bad_credentials", "banned", "totp_failed", "backend_error")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.logins = Counter("authportal_logins", "First- and second-factor login attempts by result",
+                              ["result"], registry=r)
+        self.verifies = Counter("authportal_verify_decisions", "Verify endpoint answers by result and policy",
+                                ["result", "policy"], registry=r)
+        self.verify_latency = Histogram("authportal_verify_duration_seconds", "Time to answer a verify request",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.login_latency = Histogram("authportal_login_duration_seconds", "Time to answer a login attempt",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.backend_errors = Counter("authportal_backend_errors", "Failures talking to a backend",
+                                      ["backend"], registry=r)
+        self.bans = Counter("authportal_bans", "Bans imposed by regulation", ["kind"], registry=r)
+        self.cache_lookups = Counter("authportal_credentials_cache_lookups",
+                                     "Basic/token credential cache lookups", ["result"], registry=r)
+        self.reloads = Counter("authportal_config_reloads", "Configuration reloads by result", ["result"], registry=r)
+        self.active_bans = Gauge("authportal_active_bans", "Bans currently in force (this instance's view)",
+                                 registry=r, multiprocess_mode="max")
+        for result in LOGIN_RESULTS:
+            self.logins.labels(result)
+        self._verify_children: dict[tuple[str, str], Counter] = {}
+
+    def verify_done(self, result: str, policy: str, started: float) -> None:
+        child = self._verify_children.get((result, policy))
+        if child is None:
+            child = self._verify_children[(result, policy)] = self.verifies.labels(result, policy)
+        child.inc()
+        self.verify_latency.observe(time.perf_counter() - started)
+
+    def exposition(self) -> bytes:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,77 @@
+"""Keeps a session's groups and name current, so a user removed from a group or disabled loses access.
+
+With the users file the check is a dictionary lookup, done on every verify.
+With LDAP it would be a directory search, so the verify path never waits for
+it: a session older than `refresh_interval` is refreshed in the background and
+keeps its current groups until the answer arrives.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from .audit import audit
+from .authentication import BackendUnavailable, UserProvider
+from .identity import session_fields
+from .sessions import SessionStore, SessionStoreUnavailable
+
+log = logging.getLogger("authportal.refresh")
+
+
+class DetailsRefresher:
+    def __init__(self, provider: UserProvider, sessions: SessionStore, interval: float | None,
+                 clock: Callable[[], float] = time.time):
+        """`interval` None = check inline on every call (cheap backends); seconds = background refresh."""
+        self.provider = provider
+        self.sessions = sessions
+        self.interval = interval
+        self._clock = clock
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="refresh") if interval is not None else None
+
+    def __call__(self, session_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        if self.interval is None:
+            return self._apply(session_id, data)
+        if self._clock() - data.get("refreshed", data["created"]) < self.interval:
+            return data
+        with self._lock:
+            if session_id in self._pending:
+                return data
+            self._pending.add(session_id)
+        assert self._pool is not None
+        self._pool.submit(self._background, session_id, data)
+        return data
+
+    def _background(self, session_id: str, data: dict[str, Any]) -> None:
+        try:
+            self._apply(session_id, data)
+        except (BackendUnavailable, SessionStoreUnavailable) as exc:
+            log.warning("could not refresh %s's groups, keeping the current ones: %s", data["user"], exc)
+        except Exception:
+            log.exception("refreshing a session failed")
+        finally:
+            with self._lock:
+                self._pending.discard(session_id)
+
+    def _apply(self, session_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        details = self.provider.get_details(data["user"])
+        if details is None:
+            self.sessions.end(session_id)
+            audit("session_revoked", user=data["user"], reason="user removed or disabled")
+            return None
+        fields = session_fields(details)
+        if self.interval is not None:
+            fields["refreshed"] = self._clock()
+        if all(data.get(k) == v for k, v in fields.items()):
+            return data
+        updated = dict(data, **fields)
+        self.sessions.update(session_id, updated)
+        return updated
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,67 @@
+"""Regulation: too many failed logins ban the user (and the client IP) for a while.
+
+Counters live in the `limits` library's storage: in memory, or in Redis when
+sessions use Redis, so every instance sees the same bans. A moving window of
+`max_retries` failures per `find_time` trips a ban; the ban itself is a
+one-slot window of `ban_time` that is consumed when imposed.
+"""
+from __future__ import annotations
+
+import logging
+
+from limits import RateLimitItemPerSecond
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from .audit import audit
+from .config import RegulationConfig
+
+log = logging.getLogger("authportal.regulation")
+
+
+class RegulationUnavailable(Exception):
+    """The ban store cannot answer: logins are refused (fail closed)."""
+
+
+class Regulator:
+    def __init__(self, config: RegulationConfig, storage_uri: str = "memory://"):
+        self.config = config
+        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        window = max(1, int(config.find_time))
+        self._user_failures = RateLimitItemPerSecond(config.max_retries, window, namespace="ap-fail-user")
+        self._ip_failures = (RateLimitItemPerSecond(config.ip_max_retries, window, namespace="ap-fail-ip")
+                             if config.ip_max_retries else None)
+        self._ban = RateLimitItemPerSecond(1, max(1, int(config.ban_time)), namespace="ap-ban")
+
+    def is_banned(self, username: str, client_ip: str) -> bool:
+        try:
+            if not self._limiter.test(self._ban, "user", username.lower()):
+                return True
+            return self._ip_failures is not None and not self._limiter.test(self._ban, "ip", client_ip)
+        except Exception as exc:  # the storage's own errors (redis) vary by backend
+            raise RegulationUnavailable(str(exc)) from exc
+
+    def record_failure(self, username: str, client_ip: str) -> list[str]:
+        """Count one failure; returns the bans it imposed (`user`, `ip`)."""
+        imposed = []
+        try:
+            checks = [("user", username.lower(), self._user_failures)]
+            if self._ip_failures is not None:
+                checks.append(("ip", client_ip, self._ip_failures))
+            for kind, key, limit in checks:
+                self._limiter.hit(limit, key)
+                if not self._limiter.test(limit, key):
+                    self._limiter.hit(self._ban, kind, key)
+                    self._limiter.clear(limit, key)
+                    imposed.append(kind)
+                    audit("ban", kind=kind, user=username if kind == "user" else None,
+                          ip=client_ip, ban_time=self.config.ban_time)
+        except Exception as exc:
+            raise RegulationUnavailable(str(exc)) from exc
+        return imposed
+
+    def record_success(self, username: str) -> None:
+        try:
+            self._limiter.clear(self._user_failures, username.lower())
+        except Exception as exc:
+            raise RegulationUnavailable(str(exc)) from exc

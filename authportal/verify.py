@@ -1,0 +1,196 @@
+"""The verify endpoints, a plain WSGI callable on the hot path (no Flask request machinery).
+
+One decision function (`Verifier.decide`) and two thin adapters:
+`/api/verify` (nginx auth_request, ingress-nginx auth-url: 200/401/403, never
+a redirect) and `/api/forward-auth` (Caddy, Traefik, HAProxy: browsers get a
+302 to the portal). Any exception denies: fail closed, never a 5xx.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+from urllib.parse import quote
+
+from .audit import audit
+from .authorization import AccessRules
+from .config import Config
+from .identity import TWO_FACTOR, Identity
+from .machine_auth import MachineAuthenticator
+from .metrics import Metrics
+from .proxies import TrustedProxies
+from .sessions import SessionStore, SessionStoreUnavailable
+
+log = logging.getLogger("authportal.verify")
+
+VERIFY_PATH = "/api/verify"
+FORWARD_AUTH_PATH = "/api/forward-auth"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to answer: status, headers, and for metrics the policy and the result label."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    policy: str
+    result: str
+
+
+class BadRequest(Exception):
+    """The proxy did not say which request to check (missing or malformed X-Original-*/X-Forwarded-*)."""
+
+
+class Verifier:
+    def __init__(self, config: Config, sessions: SessionStore, rules: AccessRules,
+                 machines: MachineAuthenticator, metrics: Metrics,
+                 refresh: Callable[[str, dict[str, Any]], dict[str, Any] | None], proxies: TrustedProxies):
+        self.sessions = sessions
+        self.rules = rules
+        self.machines = machines
+        self.metrics = metrics
+        self.refresh = refresh
+        self.portal_url = config.portal_url
+        self.basic_default = config.authentication.basic_auth
+        self.www_authenticate = f'Basic realm="{config.authentication.basic_auth_realm}"'
+        self.proxies = proxies
+        self._cookie_re = re.compile(r"(?:^|[;,]\s*)" + re.escape(config.session.cookie_name) + r"=([A-Za-z0-9_\-]{43})")
+
+    # WSGI adapter
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.perf_counter()
+        forward = environ.get("PATH_INFO") == FORWARD_AUTH_PATH
+        try:
+            outcome = self.decide(environ, forward)
+        except BadRequest as exc:
+            outcome = Outcome(400, [], "none", "bad_request")
+            body = f"{exc}\n".encode()
+            start_response("400 Bad Request", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            self.metrics.verify_done(outcome.result, outcome.policy, started)
+            return [body]
+        except Exception:
+            log.exception("verify failed; denying (fail closed)")
+            outcome = Outcome(401, [], "none", "error")
+        status = _STATUS_LINES[outcome.status]
+        start_response(status, outcome.headers + [("Content-Length", "0"), ("Cache-Control", "no-store")])
+        self.metrics.verify_done(outcome.result, outcome.policy, started)
+        return [b""]
+
+    # The decision
+
+    def decide(self, environ: dict[str, Any], forward: bool) -> Outcome:
+        peer = environ.get("REMOTE_ADDR", "")
+        if not self.proxies.is_trusted(peer):
+            raise BadRequest(f"peer {peer} is not in server.trusted_proxies: its X-Original-*/X-Forwarded-* "
+                             "headers are not believed")
+        scheme, host, path, method = _original_request(environ)
+        client_ip = self.proxies.client_ip(environ)
+        url = f"{scheme}://{host}{path}"
+
+        identity: Identity | None = None
+        machine_header = environ.get("HTTP_AUTHORIZATION") or environ.get("HTTP_PROXY_AUTHORIZATION")
+        if machine_header is None:
+            identity = self._session_identity(environ)
+        hostname = _hostname(host)
+        decision = self.rules.decide(hostname, path, method, client_ip,
+                                     identity.user if identity else None,
+                                     identity.groups if identity else frozenset())
+        basic_allowed = self.basic_default if decision.basic_auth is None else decision.basic_auth
+        if machine_header is not None and basic_allowed and decision.policy not in ("bypass", "deny"):
+            identity = self.machines.authenticate(machine_header)
+            if identity is not None:
+                decision = self.rules.decide(hostname, path, method, client_ip, identity.user, identity.groups)
+        policy = decision.policy
+
+        if policy == "bypass":
+            return Outcome(200, list(identity.headers) if identity else [], policy, "allowed")
+        if policy == "deny":
+            self._audit_denied(identity, client_ip, url, method, decision.rule, environ)
+            return Outcome(403, [], policy, "forbidden")
+        if identity is None:
+            return self._unauthorized(url, forward, basic_allowed, environ, policy, machine_header is not None)
+        if policy == "two_factor" and identity.level < TWO_FACTOR:
+            if machine_header is not None:  # a script cannot answer a TOTP prompt
+                self._audit_denied(identity, client_ip, url, method, decision.rule, environ, "second factor required")
+                return Outcome(403, [], policy, "forbidden")
+            return self._unauthorized(url, forward, False, environ, policy, False)
+        return Outcome(200, list(identity.headers), policy, "allowed")
+
+    def _session_identity(self, environ: dict[str, Any]) -> Identity | None:
+        cookies = environ.get("HTTP_COOKIE")
+        if not cookies:
+            return None
+        match = self._cookie_re.search(cookies)
+        if match is None:
+            return None
+        session_id = match.group(1)
+        try:
+            data = self.sessions.get(session_id)
+            if data is not None:
+                data = self.refresh(session_id, data)
+        except SessionStoreUnavailable as exc:
+            log.warning("session store unavailable, answering as for an unknown session: %s", exc)
+            return None
+        return Identity.from_session(data) if data else None
+
+    def _unauthorized(self, url: str, forward: bool, basic_allowed: bool, environ: dict[str, Any],
+                      policy: str, sent_credentials: bool) -> Outcome:
+        location = f"{self.portal_url}/?rd={quote(url, safe='')}"
+        browser = _is_browser(environ) and not sent_credentials
+        if forward and browser:
+            return Outcome(302, [("Location", location)], policy, "redirect")
+        headers = [("Location", location)]
+        if basic_allowed and not browser:
+            headers.append(("WWW-Authenticate", self.www_authenticate))
+        return Outcome(401, headers, policy, "unauthorized")
+
+    def _audit_denied(self, identity: Identity | None, client_ip: str, url: str, method: str, rule: int | None,
+                      environ: dict[str, Any], reason: str = "policy") -> None:
+        audit("access_denied", user=identity.user if identity else None, ip=client_ip, url=url, method=method,
+              rule=rule, reason=reason, user_agent=environ.get("HTTP_USER_AGENT"),
+              request_id=environ.get("HTTP_X_REQUEST_ID"))
+
+
+def _original_request(environ: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(scheme, host[:port], path?query, method) of the request the proxy asks about."""
+    original = environ.get("HTTP_X_ORIGINAL_URL")
+    if original:
+        scheme, sep, rest = original.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise BadRequest("X-Original-URL must be an absolute http(s) URL")
+        slash = rest.find("/")
+        host, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+        method = environ.get("HTTP_X_ORIGINAL_METHOD") or environ.get("HTTP_X_FORWARDED_METHOD") or "GET"
+    else:
+        host = environ.get("HTTP_X_FORWARDED_HOST", "")
+        if not host:
+            raise BadRequest("missing X-Original-URL, or X-Forwarded-Proto/Host/Uri")
+        scheme = environ.get("HTTP_X_FORWARDED_PROTO") or "https"
+        path = environ.get("HTTP_X_FORWARDED_URI") or "/"
+        method = environ.get("HTTP_X_FORWARDED_METHOD") or "GET"
+    scheme = scheme.lower()
+    if scheme not in ("http", "https") or not host or not _HOST_RE.fullmatch(host) or not path.startswith("/"):
+        raise BadRequest("malformed original URL")
+    if any(c in path for c in "\r\n\x00 "):
+        raise BadRequest("malformed original URL")
+    return scheme, host.lower(), path, method.upper()
+
+
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
+def _hostname(host: str) -> str:
+    if host.startswith("["):
+        return host[1:host.index("]")]
+    return host.partition(":")[0].rstrip(".")
+
+
+def _is_browser(environ: dict[str, Any]) -> bool:
+    method = (environ.get("HTTP_X_ORIGINAL_METHOD") or environ.get("HTTP_X_FORWARDED_METHOD") or "GET").upper()
+    return method in ("GET", "HEAD") and "text/html" in environ.get("HTTP_ACCEPT", "")
+
+
+_STATUS_LINES = {200: "200 OK", 302: "302 Found", 401: "401 Unauthorized", 403: "403 Forbidden"}

@@ -1,0 +1,106 @@
+"""Flask side of the portal: pages, login/logout, account, health and metrics.
+
+Shared here: the current portal and session, the session cookie, CSRF tokens
+and the security headers every page carries.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from flask import Flask, Response, abort, current_app, g, request
+
+from ..app import Portal
+from ..sessions import SessionStoreUnavailable
+
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self' https: http:; "
+       "frame-ancestors 'none'; base-uri 'none'")
+
+
+def current_portal() -> Portal:
+    return current_app.extensions["authportal"]
+
+
+def csrf_cookie_name() -> str:
+    # __Host- cookies cannot be set by a sibling subdomain (cookie tossing), but require Secure.
+    return "__Host-authportal_csrf" if current_portal().config.session.cookie_secure else "authportal_csrf"
+
+
+def csrf_token() -> str:
+    """The form token for this browser: an HMAC of its random CSRF cookie (set on first use)."""
+    seed = request.cookies.get(csrf_cookie_name(), "")
+    if len(seed) != 43:
+        seed = g.get("new_csrf_seed") or secrets.token_urlsafe(32)
+        g.new_csrf_seed = seed
+    return _csrf_for(seed)
+
+
+def _csrf_for(seed: str) -> str:
+    key = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(key, b"csrf:" + seed.encode(), hashlib.sha256).hexdigest()
+
+
+def check_csrf() -> None:
+    seed = request.cookies.get(csrf_cookie_name(), "")
+    sent = request.form.get("csrf_token", "")
+    if len(seed) != 43 or not hmac.compare_digest(sent, _csrf_for(seed)):
+        abort(400, description="The form expired or was not sent by this site. Reload the page and try again.")
+
+
+def session_id() -> str | None:
+    return request.cookies.get(current_portal().config.session.cookie_name)
+
+
+def current_session() -> dict[str, Any] | None:
+    """The logged-in session (cached per request); None when anonymous or the store is down."""
+    if "session" not in g:
+        portal = current_portal()
+        sid = session_id()
+        try:
+            data = portal.sessions.get(sid)
+            g.session = portal.refresher(sid, data) if data and sid else None
+        except SessionStoreUnavailable:
+            g.session = None
+            g.store_down = True
+    return g.session
+
+
+def set_session_cookie(response: Response, sid: str, remember: bool) -> None:
+    config = current_portal().config.session
+    response.set_cookie(
+        config.cookie_name, sid, max_age=int(config.remember_me) if remember else None, path="/",
+        domain=config.domain, secure=config.cookie_secure, httponly=True, samesite="Lax",
+    )
+
+
+def clear_session_cookie(response: Response) -> None:
+    config = current_portal().config.session
+    response.delete_cookie(config.cookie_name, path="/", domain=config.domain, secure=config.cookie_secure,
+                           httponly=True, samesite="Lax")
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if request.endpoint != "static":
+        response.headers["Cache-Control"] = "no-store"
+    seed = g.get("new_csrf_seed")
+    if seed:
+        response.set_cookie(csrf_cookie_name(), seed, path="/", secure=current_portal().config.session.cookie_secure,
+                            httponly=True, samesite="Lax")
+    return response
+
+
+def register_views(app: Flask) -> None:
+    from . import account, errors, login, ops
+
+    app.register_blueprint(login.bp)
+    app.register_blueprint(account.bp)
+    app.register_blueprint(ops.bp)
+    errors.register(app)
+    app.after_request(_security_headers)
+    app.jinja_env.globals["csrf_token"] = csrf_token

@@ -1,0 +1,149 @@
+"""A logged-in user's own settings: TOTP enrollment (with a fresh password check) and API tokens."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, abort, make_response, redirect, render_template, request, url_for
+from markupsafe import Markup
+
+from ..audit import audit
+from ..authentication import BackendUnavailable
+from ..config import parse_duration
+from ..identity import TWO_FACTOR
+from ..sessions import SessionStoreUnavailable
+from . import check_csrf, current_portal, current_session, session_id
+from .login import BAD_CODE, BAD_CREDENTIALS, UNAVAILABLE, promote_session, target_url
+
+bp = Blueprint("account", __name__)
+
+
+def _require_session() -> dict[str, Any]:
+    session = current_session()
+    if session is None:
+        abort(redirect(url_for("login.index", rd=request.url)))
+    return session
+
+
+def _recently_authenticated(session: dict[str, Any]) -> bool:
+    window = current_portal().config.totp.reauthentication
+    return time.time() - session.get("authenticated_at", 0) <= window
+
+
+def _save(session: dict[str, Any]) -> None:
+    sid = session_id()
+    assert sid is not None
+    current_portal().sessions.update(sid, session)
+
+
+@bp.route("/2fa/setup", methods=["GET", "POST"])
+def totp_setup() -> Response:
+    session = _require_session()
+    portal = current_portal()
+    rd = request.values.get("rd", "") if target_url() else ""
+    enrolled = portal.totp.has_totp(session["user"])
+    if not portal.config.totp.allow_enrollment:
+        return make_response(render_template(
+            "error.html", title="Two-factor authentication required",
+            message="This resource needs a second factor and self-enrollment is off. Ask an administrator "
+                    "to enroll you (`authportal totp generate`)."), 403)
+    if enrolled and session["level"] < TWO_FACTOR:
+        # Replacing a device needs the current one: a stolen password alone cannot swap it.
+        return redirect(url_for("login.second_factor", rd=rd or None))
+    if request.method == "POST":
+        check_csrf()
+        if "password" in request.form:
+            return _confirm_password(session, rd)
+        return _confirm_code(session, rd)
+    if not _recently_authenticated(session):
+        return make_response(render_template("reauthenticate.html", rd=rd, session=session))
+    secret = session.get("pending_totp")
+    if not secret:
+        secret = portal.totp.new_secret()
+        session = dict(session, pending_totp=secret)
+        _save(session)
+    return _setup_page(session, secret, rd)
+
+
+def _setup_page(session: dict[str, Any], secret: str, rd: str, error: str | None = None, status: int = 200) -> Response:
+    portal = current_portal()
+    uri = portal.totp.provisioning_uri(session["user"], secret)
+    page = render_template("totp_setup.html", secret=secret, uri=uri, qr=Markup(portal.totp.qr_svg(uri)),
+                           rd=rd, error=error, config=portal.config.totp)
+    return make_response(page, status)
+
+
+def _confirm_password(session: dict[str, Any], rd: str) -> Response:
+    portal = current_portal()
+    try:
+        details = portal.provider.check_password(session["user"], request.form.get("password", ""))
+    except BackendUnavailable:
+        return make_response(render_template("reauthenticate.html", rd=rd, session=session, error=UNAVAILABLE), 503)
+    if details is None:
+        audit("reauthentication_failure", user=session["user"], ip=portal.proxies.client_ip(request.environ))
+        return make_response(render_template("reauthenticate.html", rd=rd, session=session,
+                                             error=BAD_CREDENTIALS), 401)
+    _save(dict(session, authenticated_at=time.time()))
+    return redirect(url_for("account.totp_setup", rd=rd or None))
+
+
+def _confirm_code(session: dict[str, Any], rd: str) -> Response:
+    portal = current_portal()
+    secret = session.get("pending_totp")
+    if not secret or not _recently_authenticated(session):
+        return redirect(url_for("account.totp_setup", rd=rd or None))
+    if not portal.totp.enroll(session["user"], secret, request.form.get("code", "")):
+        return _setup_page(session, secret, rd, BAD_CODE, 400)
+    audit("totp_enroll", user=session["user"], ip=portal.proxies.client_ip(request.environ))
+    portal.metrics.logins.labels("success").inc()
+    session = {k: v for k, v in session.items() if k != "pending_totp"}
+    return promote_session(session, target_url())
+
+
+@bp.route("/tokens", methods=["GET", "POST"])
+def tokens() -> Response:
+    session = _require_session()
+    portal = current_portal()
+    created = None
+    error = None
+    if request.method == "POST":
+        check_csrf()
+        name = request.form.get("name", "").strip()[:128]
+        try:
+            expires = parse_duration(request.form.get("expires") or "90d")
+        except ValueError as exc:
+            expires, error = None, str(exc)
+        if not name:
+            error = "Give the token a name (what will use it)."
+        if error is None:
+            created, info = portal.tokens.create(session["user"], name, expires or None, [])
+            audit("token_create", user=session["user"], token_name=name, token_id=info.id,
+                  ip=portal.proxies.client_ip(request.environ))
+    page = render_template("tokens.html", tokens=portal.tokens.list(session["user"]), created=created,
+                           error=error, now=time.time())
+    return make_response(page, 400 if error else 200)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+def revoke_token(token_id: int) -> Response:
+    session = _require_session()
+    check_csrf()
+    portal = current_portal()
+    if not portal.tokens.revoke(token_id, session["user"]):
+        abort(404, description="No such token.")
+    portal.credentials.clear()
+    audit("token_revoke", user=session["user"], token_id=token_id, ip=portal.proxies.client_ip(request.environ))
+    return redirect(url_for("account.tokens"))
+
+
+@bp.get("/api/user/info")
+def user_info() -> Response:
+    session = current_session()
+    if session is None:
+        abort(401, description="Not logged in.")
+    try:
+        has_totp = current_portal().totp.has_totp(session["user"])
+    except SessionStoreUnavailable:
+        has_totp = None
+    return make_response({"user": session["user"], "name": session["name"], "email": session["email"],
+                          "groups": session["groups"], "level": session["level"], "totp": has_totp})

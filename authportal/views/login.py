@@ -1,0 +1,263 @@
+"""Login (password, then TOTP when needed), logout and the portal's home page."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+
+from ..audit import audit
+from ..authentication import BackendUnavailable
+from ..identity import ONE_FACTOR, TWO_FACTOR, session_fields
+from ..redirects import safe_redirect
+from ..regulation import RegulationUnavailable
+from ..sessions import SessionStoreUnavailable
+from ..storage import StorageUnavailable
+from . import (
+    check_csrf,
+    clear_session_cookie,
+    current_portal,
+    current_session,
+    session_id,
+    set_session_cookie,
+)
+
+bp = Blueprint("login", __name__)
+
+BAD_CREDENTIALS = "Incorrect username or password."
+BAD_CODE = "Incorrect or already used code."
+UNAVAILABLE = "The login service is unavailable right now. Please try again in a moment."
+
+
+class FirstFactorTimer:
+    """Makes every password check take about as long as a successful one (plus jitter), like Authelia.
+
+    The target is the larger of `minimum_delay` and the running average of real checks.
+    """
+
+    def __init__(self, minimum: float):
+        self.minimum = minimum
+        self._average = minimum
+        self._lock = threading.Lock()
+
+    def pad(self, started: float, measured: float | None) -> None:
+        if measured is not None:
+            with self._lock:
+                self._average = 0.9 * self._average + 0.1 * measured
+        target = max(self.minimum, self._average) + random.uniform(0, 0.05)
+        remaining = target - (time.perf_counter() - started)
+        if remaining > 0:
+            time.sleep(remaining)
+
+
+_timers: dict[int, FirstFactorTimer] = {}
+
+
+def _timer() -> FirstFactorTimer:
+    portal = current_portal()
+    return _timers.setdefault(id(portal), FirstFactorTimer(portal.config.regulation.minimum_delay))
+
+
+def target_url() -> str | None:
+    """The validated `rd` of this request (query or form), or None."""
+    config = current_portal().config
+    rd = request.values.get("rd")
+    return safe_redirect(rd, cookie_domain=config.session.domain, portal_url=config.portal_url,
+                         allow_http=not config.session.cookie_secure)
+
+
+def required_level(url: str | None, session: dict[str, Any]) -> int:
+    """The factor level the target needs for this user (ONE_FACTOR when no target)."""
+    if url is None:
+        return ONE_FACTOR
+    portal = current_portal()
+    policy = portal.rules.required_policy(url, "GET", portal.proxies.client_ip(request.environ),
+                                          session["user"], frozenset(session["groups"]))
+    return TWO_FACTOR if policy == "two_factor" else ONE_FACTOR
+
+
+def _with_rd(endpoint: str, url: str | None) -> str:
+    return url_for(endpoint, rd=url) if url else url_for(endpoint)
+
+
+def next_step(session: dict[str, Any], url: str | None) -> Response:
+    """Where a (partly) logged-in user goes: the code page, enrollment, the target or the home page."""
+    portal = current_portal()
+    needed = required_level(url, session)
+    if session["level"] < TWO_FACTOR:
+        enrolled = portal.totp.has_totp(session["user"])
+        if enrolled:
+            return redirect(_with_rd("login.second_factor", url))
+        if needed == TWO_FACTOR:
+            return redirect(_with_rd("account.totp_setup", url))
+    return redirect(url or url_for("login.index"))
+
+
+def _login_page(error: str | None = None, status: int = 200, username: str = "") -> Response:
+    portal = current_portal()
+    url = target_url()
+    page = render_template(
+        "login.html", error=error, username=username, rd=request.values.get("rd", "") if url else "",
+        site=urlsplit(url).hostname if url else None,
+        remember_me=portal.config.session.remember_me > 0,
+    )
+    return make_response(page, status)
+
+
+@bp.get("/")
+def index() -> Response:
+    session = current_session()
+    url = target_url()
+    if session is None:
+        from flask import g
+
+        if g.get("store_down"):
+            return _login_page(UNAVAILABLE, 503)
+        return _login_page()
+    if url is not None or session["level"] < required_level(url, session):
+        return next_step(session, url)
+    portal = current_portal()
+    return make_response(render_template(
+        "home.html", session=session, has_totp=portal.totp.has_totp(session["user"]),
+        allow_enrollment=portal.config.totp.allow_enrollment,
+    ))
+
+
+@bp.post("/login")
+def login() -> Response:
+    check_csrf()
+    portal = current_portal()
+    started = time.perf_counter()
+    username = request.form.get("username", "").strip()
+    password = request.form.get("password", "")
+    remember = bool(request.form.get("remember")) and portal.config.session.remember_me > 0
+    client_ip = portal.proxies.client_ip(request.environ)
+    user_agent = request.headers.get("User-Agent")
+    measured = None
+    try:
+        if portal.regulator.is_banned(username, client_ip):
+            result, details = "banned", None
+        else:
+            details = portal.provider.check_password(username, password)
+            measured = time.perf_counter() - started
+            result = "success" if details else "bad_credentials"
+            if details is None:
+                portal.regulator.record_failure(username, client_ip)
+            else:
+                portal.regulator.record_success(username)
+    except (BackendUnavailable, RegulationUnavailable) as exc:
+        portal.metrics.logins.labels("backend_error").inc()
+        portal.metrics.backend_errors.labels(_backend_name(exc)).inc()
+        audit("login_failure", user=username, ip=client_ip, reason="backend unavailable", user_agent=user_agent)
+        _timer().pad(started, None)
+        return _login_page(UNAVAILABLE, 503, username)
+    portal.metrics.logins.labels(result).inc()
+    if details is None:
+        audit("login_failure", user=username, ip=client_ip, reason=result, user_agent=user_agent)
+        _timer().pad(started, measured)
+        portal.metrics.login_latency.observe(time.perf_counter() - started)
+        return _login_page(BAD_CREDENTIALS, 401, username)
+    _timer().pad(started, measured)
+    portal.metrics.login_latency.observe(time.perf_counter() - started)
+
+    old = session_id()
+    data = dict(session_fields(details), level=ONE_FACTOR, authenticated_at=time.time())
+    try:
+        if old:
+            portal.sessions.end(old)
+        sid = portal.sessions.create(data, remember)
+    except SessionStoreUnavailable:
+        return _login_page(UNAVAILABLE, 503, username)
+    audit("login_success", user=details.username, ip=client_ip, factor="password", remember=remember,
+          user_agent=user_agent)
+    response = next_step(portal.sessions.get(sid) or data, target_url())
+    set_session_cookie(response, sid, remember)
+    return response
+
+
+@bp.route("/2fa", methods=["GET", "POST"])
+def second_factor() -> Response:
+    session = current_session()
+    url = target_url()
+    if session is None:
+        return redirect(_with_rd("login.index", url))
+    if session["level"] >= TWO_FACTOR:
+        return redirect(url or url_for("login.index"))
+    if request.method == "GET":
+        return make_response(render_template("second_factor.html", rd=request.values.get("rd", "") if url else ""))
+    check_csrf()
+    portal = current_portal()
+    client_ip = portal.proxies.client_ip(request.environ)
+    user = session["user"]
+    try:
+        if portal.regulator.is_banned(user, client_ip):
+            ok, reason = False, "banned"
+        else:
+            ok = portal.totp.check(user, request.form.get("code", ""))
+            reason = "totp_failed"
+            if not ok:
+                portal.regulator.record_failure(user, client_ip)
+    except (RegulationUnavailable, StorageUnavailable) as exc:
+        portal.metrics.logins.labels("backend_error").inc()
+        portal.metrics.backend_errors.labels(_backend_name(exc)).inc()
+        return make_response(render_template("second_factor.html", error=UNAVAILABLE, rd=request.values.get("rd", "")), 503)
+    if not ok:
+        portal.metrics.logins.labels(reason if reason == "banned" else "totp_failed").inc()
+        audit("totp_failure", user=user, ip=client_ip, reason=reason)
+        page = render_template("second_factor.html", error=BAD_CODE, rd=request.values.get("rd", "") if url else "")
+        return make_response(page, 401)
+    portal.metrics.logins.labels("success").inc()
+    audit("login_success", user=user, ip=client_ip, factor="totp")
+    return promote_session(session, url)
+
+
+def promote_session(session: dict[str, Any], url: str | None) -> Response:
+    """Raise a session to two factors under a new id (a privilege change gets a fresh id, too)."""
+    portal = current_portal()
+    old = session_id()
+    data = {k: v for k, v in session.items() if k not in ("created", "last_seen", "expires", "remember")}
+    data["level"] = TWO_FACTOR
+    try:
+        if old:
+            portal.sessions.end(old)
+        sid = portal.sessions.create(data, session["remember"])
+    except SessionStoreUnavailable:
+        return make_response(render_template("error.html", title="Unavailable", message=UNAVAILABLE), 503)
+    response = redirect(url or url_for("login.index"))
+    set_session_cookie(response, sid, session["remember"])
+    return response
+
+
+@bp.get("/logout")
+def logout_form() -> Response:
+    return make_response(render_template("logout.html", rd=request.values.get("rd", ""),
+                                         session=current_session()))
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    check_csrf()
+    portal = current_portal()
+    session = current_session()
+    sid = session_id()
+    if sid:
+        try:
+            portal.sessions.end(sid)
+        except SessionStoreUnavailable:
+            return make_response(render_template("error.html", title="Unavailable", message=UNAVAILABLE), 503)
+    if session:
+        audit("logout", user=session["user"], ip=portal.proxies.client_ip(request.environ))
+    response = redirect(target_url() or url_for("login.index"))
+    clear_session_cookie(response)
+    return response
+
+
+def _backend_name(exc: Exception) -> str:
+    if isinstance(exc, RegulationUnavailable):
+        return "redis"
+    if isinstance(exc, StorageUnavailable):
+        return "storage"
+    return current_portal().config.authentication.backend
