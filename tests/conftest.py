@@ -1,0 +1,36 @@
+"""Shared fixtures: real servers (tests/servers/), the portal's config and a served portal."""
+from __future__ import annotations
+
+
+from collections.abc import Iterator
+
+import pytest
+import urllib3.util.connection
+
+from tests.portal import PortalSetup, ServedPortal
+from tests.servers.fixtures import *  # noqa: F401,F403
+
+_real_create_connection = urllib3.util.connection.create_connection
+
+
+def _resolve_example_test(address, *args, **kwargs):
+    """`*.example.test` → 127.0.0.1 for requests (the proxies under test listen there)."""
+    host, port = address
+    if host == "example.test" or host.endswith(".example.test"):
+        host = "127.0.0.1"
+    return _real_create_connection((host, port), *args, **kwargs)
+
+
+urllib3.util.connection.create_connection = _resolve_example_test
+
+
+
+@pytest.fixture
+def portal_setup(tmp_path) -> PortalSetup:
+    return PortalSetup(tmp_path / "portal")
+
+
+@pytest.fixture
+def served_portal(portal_setup) -> Iterator[ServedPortal]:
+    with ServedPortal(portal_setup) as served:
+        yield served
