@@ -1,0 +1,81 @@
+"""Debian's Prometheus 2.42 and Alertmanager 0.25, as they run behind a proxy under a path prefix.
+
+Without `route_prefix`, both serve under the path of their external URL
+(`/prometheus/-/ready`), which suits `proxy_pass http://127.0.0.1:PORT;` (no
+trailing slash); with `route_prefix="/"` they serve at the root, which suits
+`proxy_pass http://127.0.0.1:PORT/;`. `url()` follows whichever is in effect.
+"""
+from __future__ import annotations
+
+import urllib.request
+from urllib.parse import urlsplit
+
+from . import free_port
+from .process import ServerProcess
+
+
+class _PrometheusFamily(ServerProcess):
+    """What Prometheus and Alertmanager share: external URL, route prefix, readiness at `<prefix>/-/ready`."""
+
+    config_name = "config.yml"
+
+    def __init__(self, external_url: str, route_prefix: str | None = None) -> None:
+        super().__init__()
+        self.port = free_port()
+        self.external_url = external_url
+        self.route_prefix = route_prefix
+        self.prefix = (route_prefix if route_prefix is not None else urlsplit(external_url).path).rstrip("/")
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    def url(self, path: str = "/") -> str:
+        """Direct URL on loopback (not through the proxy), prefix included."""
+        return f"http://127.0.0.1:{self.port}{self.prefix}{path}"
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(self.url("/-/ready"), timeout=1) as response:
+            return response.status == 200
+
+    def config(self) -> str:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        (self.dir / self.config_name).write_text(self.config())
+
+    def web_flags(self) -> list[str]:
+        flags = [f"--config.file={self.dir / self.config_name}", f"--web.listen-address=127.0.0.1:{self.port}",
+                 f"--web.external-url={self.external_url}"]
+        if self.route_prefix is not None:
+            flags.append(f"--web.route-prefix={self.route_prefix}")
+        return flags
+
+
+class Prometheus(_PrometheusFamily):
+    """Prometheus scraping itself every second (so `up` appears quickly), TSDB in the temp dir."""
+
+    binary_name = "prometheus"
+
+    def config(self) -> str:
+        return (
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: prometheus\n"
+            f"    metrics_path: {self.prefix}/metrics\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{self.port}']\n"
+        )
+
+    def command(self) -> list[str]:
+        return [self.binary, *self.web_flags(), f"--storage.tsdb.path={self.dir / 'data'}"]
+
+
+class Alertmanager(_PrometheusFamily):
+    """Alertmanager with one 'null' receiver and clustering off (else it binds 0.0.0.0:9094 and waits ~4 s)."""
+
+    binary_name = "prometheus-alertmanager"
+
+    def config(self) -> str:
+        return "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n"
+
+    def command(self) -> list[str]:
+        return [self.binary, *self.web_flags(), f"--storage.path={self.dir / 'data'}", "--cluster.listen-address="]
