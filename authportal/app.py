@@ -7,9 +7,10 @@ metrics) to Flask.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from flask import Flask
 
@@ -46,6 +47,7 @@ class Portal:
     totp: TotpService
     tokens: TokenService
     credentials: CredentialCache
+    token_credentials: CredentialCache
     metrics: Metrics
     proxies: TrustedProxies
     refresher: DetailsRefresher
@@ -80,11 +82,15 @@ def build_portal(config: Config) -> Portal:
     sessions = open_session_store(config.session, storage)
     redis_url = config.session.redis.url if config.session.redis else None
     metrics = Metrics()
-    credentials = CredentialCache(config.authentication.credentials_cache_ttl,
-                                  config.authentication.credentials_cache_size,
-                                  on_lookup=lambda hit: metrics.cache_lookups.labels("hit" if hit else "miss").inc())
+    def count_lookup(hit: bool) -> None:
+        metrics.cache_lookups.labels("hit" if hit else "miss").inc()
+
+    size = config.authentication.credentials_cache_size
+    credentials = CredentialCache(config.authentication.credentials_cache_ttl, size, on_lookup=count_lookup)
+    token_credentials = CredentialCache(config.session.cache_ttl, size, on_lookup=count_lookup)
     if isinstance(provider, UsersFileProvider):
         provider.on_change(credentials.clear)
+        provider.on_change(token_credentials.clear)
         refresher = DetailsRefresher(provider, sessions, None)
     else:
         assert config.authentication.ldap is not None
@@ -94,7 +100,7 @@ def build_portal(config: Config) -> Portal:
         rules=AccessRules(config.access_control),
         regulator=Regulator(config.regulation, redis_url or "memory://"),
         totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
-        credentials=credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
+        credentials=credentials, token_credentials=token_credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
         refresher=refresher,
     )
     portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
@@ -109,7 +115,7 @@ class PortalApp:
         self.flask = flask_app
         self.verifier = Verifier(
             portal.config, portal.sessions, portal.rules,
-            MachineAuthenticator(portal.provider, portal.tokens, portal.credentials),
+            MachineAuthenticator(portal.provider, portal.tokens, portal.credentials, portal.token_credentials),
             portal.metrics, portal.refresher, portal.proxies,
         )
 

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -328,7 +328,7 @@ class AccessRule(Model):
     resources: StrList = []
     methods: list[str] = []
     #: Each item is OR'ed; an item that is itself a list is AND'ed (`[[group:a, group:b]]`).
-    subject: list[Union[str, list[str]]] = []
+    subject: list[str | list[str]] = []
     networks: StrList = []
     policy: Policy
     #: Accept HTTP Basic / Bearer tokens here; unset = authentication.basic_auth.

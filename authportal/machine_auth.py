@@ -16,7 +16,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .authentication import UserProvider
 from .identity import ONE_FACTOR, Identity
@@ -107,10 +108,11 @@ def parse_bearer(header: str) -> str | None:
 class MachineAuthenticator:
     """Turns an Authorization header into an Identity (or None), cheaply for repeat callers."""
 
-    def __init__(self, provider: UserProvider, tokens: Any, cache: CredentialCache):
+    def __init__(self, provider: UserProvider, tokens: Any, cache: CredentialCache, token_cache: CredentialCache):
         self.provider = provider
         self.tokens = tokens
         self.cache = cache
+        self.token_cache = token_cache
 
     def authenticate(self, header: str) -> Identity | None:
         if header[:6].lower() == "basic ":
@@ -123,9 +125,9 @@ class MachineAuthenticator:
         token = parse_bearer(header)
         if token is None or self.tokens is None:
             return None
-        # Tokens are re-checked against storage each time the short cache lapses; revocation
-        # also clears the cache of this process (TokenService users call cache.clear()).
-        return self.cache.remembered(self.cache.key("bearer", token), lambda: self._check_token(token))
+        # Tokens are re-checked against storage once the short token cache (session.cache_ttl) lapses,
+        # so a revocation from the CLI or another instance holds within that bound.
+        return self.token_cache.remembered(self.token_cache.key("bearer", token), lambda: self._check_token(token))
 
     def _check_password(self, user: str, password: str) -> Identity | None:
         details = self.provider.check_password(user, password)

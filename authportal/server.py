@@ -48,7 +48,7 @@ def run(config: Config, config_path: str, workers: int | None = None, threads: i
         return EXIT_CONFIG
     try:
         create_app(config).close()  # open every backend once: fail now, not in each worker
-    except (BackendUnavailable, StorageUnavailable, Exception) as exc:  # noqa: B014 - any start-up failure
+    except (BackendUnavailable, StorageUnavailable, Exception) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_RUNTIME
     workers = workers or config.server.workers

@@ -14,7 +14,8 @@ import re
 import secrets
 import threading
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import redis
 

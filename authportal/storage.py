@@ -124,7 +124,7 @@ class Storage:
     # Sessions (the local store when Redis is not configured).
 
     def load_session(self, session_id: str) -> dict[str, Any] | None:
-        with self._connect() as conn:
+        with self.connect() as conn:
             row = conn.execute(
                 sa.select(sessions.c.data).where(sessions.c.id == session_id, sessions.c.expires_at > time.time())
             ).first()
@@ -132,20 +132,20 @@ class Storage:
 
     def save_session(self, session_id: str, data: dict[str, Any], expires_at: float) -> None:
         values = {"username": data.get("user"), "data": json.dumps(data), "expires_at": expires_at}
-        with self._begin() as conn:
+        with self.begin() as conn:
             updated = conn.execute(sessions.update().where(sessions.c.id == session_id).values(**values)).rowcount
             if not updated:
                 conn.execute(sessions.insert().values(id=session_id, **values))
             conn.execute(sessions.delete().where(sessions.c.expires_at < time.time() - 60))
 
     def delete_session(self, session_id: str) -> None:
-        with self._begin() as conn:
+        with self.begin() as conn:
             conn.execute(sessions.delete().where(sessions.c.id == session_id))
 
-    def _connect(self) -> Any:
+    def connect(self) -> Any:
         return _Guard(self.engine.connect)
 
-    def _begin(self) -> Any:
+    def begin(self) -> Any:
         return _Guard(self.engine.begin)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import quote
 
 from .audit import audit

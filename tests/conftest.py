@@ -1,14 +1,14 @@
 """Shared fixtures: real servers (tests/servers/), the portal's config and a served portal."""
 from __future__ import annotations
 
-
 from collections.abc import Iterator
 
 import pytest
 import urllib3.util.connection
 
 from tests.portal import PortalSetup, ServedPortal
-from tests.servers.fixtures import *  # noqa: F401,F403
+from tests.servers.fixtures import *  # noqa: F403
+from tests.servers.storage_fixtures import *  # noqa: F403
 
 _real_create_connection = urllib3.util.connection.create_connection
 
@@ -34,3 +34,21 @@ def portal_setup(tmp_path) -> PortalSetup:
 def served_portal(portal_setup) -> Iterator[ServedPortal]:
     with ServedPortal(portal_setup) as served:
         yield served
+
+
+@pytest.fixture
+def app(portal_setup):
+    """The portal in-process (same WSGI app the server runs), for fast HTTP-level tests."""
+    from authportal.app import create_app
+    from authportal.config import load_config
+
+    application = create_app(load_config(portal_setup.config_path))
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def client(app):
+    from werkzeug.test import Client
+
+    return Client(app)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
 from ..config import CONFIG_PATH_ENV, Config, ConfigError, load_config
+from ..storage import Storage, StorageUnavailable
 
 #: Exit codes (DESIGN.md): 0 ok, 1 runtime failure, 2 usage or configuration error.
 EXIT_RUNTIME = 1
@@ -38,3 +42,21 @@ def report_config_errors(exc: ConfigError) -> None:
 def fail(message: str, code: int = EXIT_RUNTIME) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+@contextmanager
+def open_storage(config_path: str) -> Iterator[tuple[Config, Storage]]:
+    """The configuration and its migrated storage; a database problem exits 1 with the reason."""
+    config = load_or_exit(config_path)
+    storage = Storage(config.storage)
+    try:
+        storage.migrate()
+        yield config, storage
+    except StorageUnavailable as exc:
+        fail(f"storage unavailable: {exc}")
+    finally:
+        storage.close()
+
+
+def format_time(value: float | None, missing: str = "-") -> str:
+    return missing if value is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))

@@ -11,7 +11,7 @@ from ..audit import audit
 from ..authentication import BackendUnavailable
 from ..config import parse_duration
 from ..identity import TWO_FACTOR
-from ..sessions import SessionStoreUnavailable
+from ..storage import StorageUnavailable
 from . import check_csrf, current_portal, current_session, session_id
 from .login import BAD_CODE, BAD_CREDENTIALS, UNAVAILABLE, promote_session, target_url
 
@@ -131,7 +131,7 @@ def revoke_token(token_id: int) -> Response:
     portal = current_portal()
     if not portal.tokens.revoke(token_id, session["user"]):
         abort(404, description="No such token.")
-    portal.credentials.clear()
+    portal.token_credentials.clear()
     audit("token_revoke", user=session["user"], token_id=token_id, ip=portal.proxies.client_ip(request.environ))
     return redirect(url_for("account.tokens"))
 
@@ -143,7 +143,7 @@ def user_info() -> Response:
         abort(401, description="Not logged in.")
     try:
         has_totp = current_portal().totp.has_totp(session["user"])
-    except SessionStoreUnavailable:
+    except StorageUnavailable:
         has_totp = None
     return make_response({"user": session["user"], "name": session["name"], "email": session["email"],
                           "groups": session["groups"], "level": session["level"], "totp": has_totp})

@@ -14,6 +14,7 @@ from ..authentication import BackendUnavailable
 from ..identity import ONE_FACTOR, TWO_FACTOR, session_fields
 from ..redirects import safe_redirect
 from ..regulation import RegulationUnavailable
+from ..secretbox import DecryptionError
 from ..sessions import SessionStoreUnavailable
 from ..storage import StorageUnavailable
 from . import (
@@ -200,7 +201,7 @@ def second_factor() -> Response:
             reason = "totp_failed"
             if not ok:
                 portal.regulator.record_failure(user, client_ip)
-    except (RegulationUnavailable, StorageUnavailable) as exc:
+    except (RegulationUnavailable, StorageUnavailable, DecryptionError) as exc:
         portal.metrics.logins.labels("backend_error").inc()
         portal.metrics.backend_errors.labels(_backend_name(exc)).inc()
         return make_response(render_template("second_factor.html", error=UNAVAILABLE, rd=request.values.get("rd", "")), 503)
