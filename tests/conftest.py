@@ -5,10 +5,19 @@ from collections.abc import Iterator
 
 import pytest
 import urllib3.util.connection
+from werkzeug.test import Client
 
 from tests.portal import PortalSetup, ServedPortal
 from tests.servers.fixtures import *  # noqa: F403
 from tests.servers.storage_fixtures import *  # noqa: F403
+
+class ProxiedClient(Client):
+    """In-process client whose requests arrive from 127.0.0.1, a trusted proxy, as they do behind nginx."""
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("environ_overrides", {}).setdefault("REMOTE_ADDR", "127.0.0.1")
+        return super().open(*args, **kwargs)
+
 
 _real_create_connection = urllib3.util.connection.create_connection
 
@@ -49,6 +58,4 @@ def app(portal_setup):
 
 @pytest.fixture
 def client(app):
-    from werkzeug.test import Client
-
-    return Client(app)
+    return ProxiedClient(app)

@@ -1,0 +1,200 @@
+"""Browser login on the portal (in-process WSGI app): form, CSRF, cookies, fixation, logout, rd, headers."""
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import pytest
+from werkzeug.test import Client
+
+from tests.conftest import ProxiedClient
+
+from tests.portal import USERS
+
+PORTAL = "http://auth.example.test"
+PROM = "http://app.example.test/prometheus/graph"
+VERIFY_PROM = {"X-Original-URL": PROM, "X-Original-Method": "GET"}
+
+
+def page(client: Client, path: str = "/", **kwargs):
+    return client.get(path, base_url=PORTAL, **kwargs)
+
+
+def csrf(client: Client, path: str = "/") -> str:
+    match = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page(client, path).get_data(as_text=True))
+    assert match
+    return match.group(1)
+
+
+def post_login(client: Client, user: str, password: str | None = None, rd: str | None = None, **extra):
+    form = {"username": user, "password": USERS[user]["password"] if password is None else password,
+            "csrf_token": csrf(client), **extra}
+    if rd:
+        form["rd"] = rd
+    return client.post("/login", base_url=PORTAL, data=form)
+
+
+def session_cookie(client: Client):
+    return client.get_cookie("authportal_session", domain="example.test")
+
+
+def verify(client: Client, url: str = PROM, method: str = "GET", **headers):
+    return client.get("/api/verify", base_url=PORTAL,
+                      headers={"X-Original-URL": url, "X-Original-Method": method, **headers})
+
+
+def test_login_page_is_a_plain_form_with_security_headers(client):
+    response = page(client, "/?rd=" + quote(PROM))
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    inputs = re.findall(r'<input id="(\w+)" name="\w+" type="(\w+)"', html)
+    assert inputs[:2] == [("username", "text"), ("password", "password")]
+    assert "to continue to <strong>app.example.test</strong>" in html
+    assert "<script" not in html
+    headers = response.headers
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none' forbids all scripts
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["Cache-Control"] == "no-store"
+
+
+def test_successful_login_lands_on_rd_with_a_scoped_httponly_cookie(client):
+    response = post_login(client, "bob", rd=PROM)
+    assert response.status_code == 302
+    assert response.headers["Location"] == PROM
+    cookie_header = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("authportal_session="))
+    assert "Domain=example.test" in cookie_header
+    assert "HttpOnly" in cookie_header and "SameSite=Lax" in cookie_header
+    assert "Max-Age" not in cookie_header  # not remembered: a browser-session cookie
+    allowed = verify(client)
+    assert allowed.status_code == 200
+    assert allowed.headers["Remote-User"] == "bob"
+    assert allowed.headers["Remote-Groups"] == "monitoring"
+    assert allowed.headers["Remote-Name"] == "Bob Viewer"
+    assert allowed.headers["Remote-Email"] == "bob@example.test"
+
+
+def test_secure_cookie_flag_and_host_csrf_cookie(portal_setup):
+    from authportal.app import create_app
+    from authportal.config import load_config
+
+    portal_setup.write(server={"portal_url": "https://auth.example.test"}, session={"cookie_secure": True})
+    app = create_app(load_config(portal_setup.config_path))
+    try:
+        client = ProxiedClient(app)
+        first = client.get("/", base_url="https://auth.example.test")
+        assert any(h.startswith("__Host-authportal_csrf=") and "Secure" in h
+                   for h in first.headers.getlist("Set-Cookie"))
+        token = re.search(r'value="([0-9a-f]{64})"', first.get_data(as_text=True)).group(1)
+        response = client.post("/login", base_url="https://auth.example.test", data={
+            "username": "bob", "password": USERS["bob"]["password"], "csrf_token": token})
+        cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("authportal_session="))
+        assert "; Secure" in cookie
+    finally:
+        app.close()
+
+
+def test_remember_me_sets_a_persistent_cookie(client):
+    response = post_login(client, "bob", remember="1")
+    cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("authportal_session="))
+    assert f"Max-Age={30 * 86400}" in cookie
+
+
+@pytest.mark.parametrize("user, password", [("bob", "wrong"), ("nobody", "whatever"), ("dave", USERS["dave"]["password"])])
+def test_failed_logins_say_the_same_thing(client, user, password):
+    response = post_login(client, user, password)
+    assert response.status_code == 401
+    assert "Incorrect username or password." in response.get_data(as_text=True)
+    assert session_cookie(client) is None
+    assert verify(client).status_code == 401
+
+
+def test_login_without_csrf_token_is_refused(client):
+    page(client)
+    response = client.post("/login", base_url=PORTAL, data={"username": "bob", "password": USERS["bob"]["password"]})
+    assert response.status_code == 400
+    assert "Reload the page" in response.get_data(as_text=True)
+    assert session_cookie(client) is None
+
+
+def test_csrf_token_from_another_browser_is_refused(app, client):
+    stolen = csrf(ProxiedClient(app))
+    page(client)
+    response = client.post("/login", base_url=PORTAL, data={
+        "username": "bob", "password": USERS["bob"]["password"], "csrf_token": stolen})
+    assert response.status_code == 400
+
+
+def test_session_id_changes_at_login(client):
+    client.set_cookie("authportal_session", "A" * 43, domain="example.test")  # planted by an attacker
+    post_login(client, "bob")
+    new_id = session_cookie(client).value
+    assert new_id != "A" * 43
+    fixated = ProxiedClient(client.application)
+    fixated.set_cookie("authportal_session", "A" * 43, domain="example.test")
+    assert verify(fixated).status_code == 401
+
+
+def test_login_replaces_the_previous_session_server_side(app, client):
+    post_login(client, "bob")
+    first = session_cookie(client).value
+    post_login(client, "alice")
+    replay = ProxiedClient(app)
+    replay.set_cookie("authportal_session", first, domain="example.test")
+    assert verify(replay).status_code == 401
+
+
+def test_logout_ends_the_session_server_side(app, client):
+    post_login(client, "bob")
+    sid = session_cookie(client).value
+    form = page(client, "/logout").get_data(as_text=True)
+    assert 'method="post"' in form
+    token = re.search(r'value="([0-9a-f]{64})"', form).group(1)
+    response = client.post("/logout", base_url=PORTAL, data={"csrf_token": token, "rd": PROM})
+    assert response.status_code == 302 and response.headers["Location"] == PROM
+    replay = ProxiedClient(app)
+    replay.set_cookie("authportal_session", sid, domain="example.test")
+    assert verify(replay).status_code == 401
+
+
+def test_logout_needs_csrf(client):
+    post_login(client, "bob")
+    response = client.post("/logout", base_url=PORTAL, data={})
+    assert response.status_code == 400
+    assert verify(client).status_code == 200
+
+
+@pytest.mark.parametrize("rd", ["https://evil.test/", "//evil.test", "/\\evil.test", "javascript:alert(1)",
+                                "https://example.test.evil.test/", "https://a@evil.test"])
+def test_hostile_rd_lands_on_the_portal(client, rd):
+    response = post_login(client, "bob", rd=rd)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+
+
+def test_relative_rd_from_ingress_nginx_goes_to_the_portal_host(client, portal_setup):
+    response = post_login(client, "bob", rd="/prometheus/graph?g0.expr=up")
+    assert response.headers["Location"] == f"http://auth.example.test:{portal_setup.port}/prometheus/graph?g0.expr=up"
+
+
+def test_logged_in_user_sees_home_with_links(client):
+    post_login(client, "alice")
+    html = page(client).get_data(as_text=True)
+    assert "Alice Admin" in html and 'href="/2fa/setup"' in html and 'href="/tokens"' in html
+
+
+def test_errors_are_pages_not_tracebacks(client):
+    response = page(client, "/no-such-page")
+    assert response.status_code == 404
+    assert "Traceback" not in response.get_data(as_text=True)
+    api = page(client, "/api/nothing")
+    assert api.status_code == 404 and api.json["error"] == "Not Found"
+
+
+def test_user_info(client):
+    assert page(client, "/api/user/info").status_code == 401
+    post_login(client, "alice")
+    info = page(client, "/api/user/info").json
+    assert info == {"user": "alice", "name": "Alice Admin", "email": "alice@example.test",
+                    "groups": ["admins", "monitoring"], "level": 1, "totp": False}
