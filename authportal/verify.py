@@ -57,7 +57,7 @@ class Verifier:
         self.basic_default = config.authentication.basic_auth
         self.www_authenticate = f'Basic realm="{config.authentication.basic_auth_realm}"'
         self.proxies = proxies
-        self._cookie_re = re.compile(r"(?:^|[;,]\s*)" + re.escape(config.session.cookie_name) + r"=([A-Za-z0-9_\-]{43})")
+        self._cookie_re = re.compile(r"(?:^|[;,]\s*)" + re.escape(config.session.cookie_name) + r"=([A-Za-z0-9_\-]{43})(?![^;,\s])")
 
     # WSGI adapter
 

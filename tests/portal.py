@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ SEED_RULES: list[dict[str, Any]] = [
 ]
 
 
-@lru_cache(maxsize=None)
+@cache
 def hashed(password: str) -> str:
     return PasswordHasher(PasswordHashConfig(**TEST_HASH)).hash(password)
 

@@ -139,22 +139,24 @@ def test_session_id_changes_at_login(client):
 def test_login_replaces_the_previous_session_server_side(app, client):
     post_login(client, "bob")
     first = session_cookie(client).value
-    post_login(client, "alice")
     replay = ProxiedClient(app)
     replay.set_cookie("authportal_session", first, domain="example.test")
+    assert verify(replay).status_code == 200
+    post_login(client, "alice")
     assert verify(replay).status_code == 401
 
 
 def test_logout_ends_the_session_server_side(app, client):
     post_login(client, "bob")
     sid = session_cookie(client).value
+    replay = ProxiedClient(app)
+    replay.set_cookie("authportal_session", sid, domain="example.test")
+    assert verify(replay).status_code == 200
     form = page(client, "/logout").get_data(as_text=True)
     assert 'method="post"' in form
     token = re.search(r'value="([0-9a-f]{64})"', form).group(1)
     response = client.post("/logout", base_url=PORTAL, data={"csrf_token": token, "rd": PROM})
     assert response.status_code == 302 and response.headers["Location"] == PROM
-    replay = ProxiedClient(app)
-    replay.set_cookie("authportal_session", sid, domain="example.test")
     assert verify(replay).status_code == 401
 
 

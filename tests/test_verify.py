@@ -1,0 +1,303 @@
+"""The verify endpoints: decisions, proxy styles, trusted proxies, machine clients, fail closed."""
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote
+
+import pytest
+
+from tests.conftest import ProxiedClient
+from tests.portal import USERS
+from tests.test_login import PORTAL, PROM, post_login, verify
+
+
+def basic(user: str, password: str | None = None) -> str:
+    secret = USERS[user]["password"] if password is None else password
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+def forward_auth(client, host="app.example.test", uri="/prometheus/graph", method="GET", proto="https", **headers):
+    return client.get("/api/forward-auth", base_url=PORTAL, headers={
+        "X-Forwarded-Proto": proto, "X-Forwarded-Host": host, "X-Forwarded-Uri": uri,
+        "X-Forwarded-Method": method, **headers})
+
+
+def test_anonymous_gets_401_with_the_login_url(client, portal_setup):
+    response = verify(client, Accept="text/html")
+    assert response.status_code == 401
+    assert response.headers["Location"] == f"http://auth.example.test:{portal_setup.port}/?rd={quote(PROM, safe='')}"
+    assert "WWW-Authenticate" not in response.headers  # a browser must not get a Basic prompt
+    assert response.get_data() == b""
+
+
+def test_anonymous_script_gets_basic_challenge(client):
+    response = verify(client, Accept="application/json")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="authportal"'
+
+
+@pytest.mark.parametrize("user, url, method, status", [
+    ("bob", PROM, "GET", 200),
+    ("carol", PROM, "GET", 403),                                                 # not in monitoring
+    ("bob", "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot", "POST", 403),
+    ("alice", "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot", "POST", 401),  # needs 2FA
+    ("bob", "http://app.example.test/alertmanager/api/v2/silences", "GET", 200),
+    ("bob", "http://app.example.test/alertmanager/api/v2/silences", "POST", 403),
+    ("bob", "http://prometheus.example.test/graph", "GET", 200),
+    ("bob", "http://alertmanager.example.test/", "GET", 403),
+    ("alice", "http://alertmanager.example.test/", "GET", 200),
+    ("bob", "http://other.example.test/", "GET", 403),                           # default deny
+    ("bob", "http://APP.example.test:8443/prometheus/graph", "GET", 200),        # case and port ignored
+])
+def test_decisions_for_logged_in_users(client, user, url, method, status):
+    post_login(client, user)
+    response = verify(client, url, method)
+    assert response.status_code == status
+    assert (response.headers.get("Remote-User") == user) == (status == 200)
+
+
+def test_bypass_needs_no_login(client):
+    response = verify(client, "http://app.example.test/public/index.html")
+    assert response.status_code == 200 and "Remote-User" not in response.headers
+
+
+def test_forward_auth_redirects_browsers_and_refuses_scripts(client, portal_setup):
+    browser = forward_auth(client, Accept="text/html,application/xhtml+xml")
+    assert browser.status_code == 302
+    assert browser.headers["Location"] == (f"http://auth.example.test:{portal_setup.port}/?rd="
+                                           + quote("https://app.example.test/prometheus/graph", safe=""))
+    script = forward_auth(client, Accept="*/*")
+    assert script.status_code == 401 and script.headers["WWW-Authenticate"].startswith("Basic")
+    post_to_it = forward_auth(client, method="POST", Accept="text/html")
+    assert post_to_it.status_code == 401  # only GET/HEAD navigations are redirected
+
+
+def test_forward_auth_allows_with_headers(client):
+    post_login(client, "bob")
+    response = forward_auth(client)
+    assert response.status_code == 200 and response.headers["Remote-User"] == "bob"
+
+
+def test_headers_from_an_untrusted_peer_are_refused(app):
+    outsider = ProxiedClient(app)
+    post_login(outsider, "bob")
+    response = outsider.get("/api/verify", base_url=PORTAL, headers={"X-Original-URL": PROM},
+                            environ_overrides={"REMOTE_ADDR": "203.0.113.9"})
+    assert response.status_code == 400
+    assert b"not in server.trusted_proxies" in response.get_data()
+    assert "Remote-User" not in response.headers
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"X-Original-URL": "not a url"},
+    {"X-Original-URL": "ftp://app.example.test/"},
+    {"X-Original-URL": "http://app.example.test/a b"},
+    {"X-Original-URL": "http://evil@app.example.test/prometheus/"},
+    {"X-Forwarded-Host": "app.example.test", "X-Forwarded-Uri": "relative"},
+])
+def test_malformed_original_requests_are_400_never_500(client, headers):
+    post_login(client, "bob")
+    response = client.get("/api/verify", base_url=PORTAL, headers=headers)
+    assert response.status_code == 400
+    assert "Remote-User" not in response.headers
+
+
+def test_client_network_comes_from_trusted_forwarded_for_only(portal_setup):
+    from authportal.app import create_app
+    from authportal.config import load_config
+
+    portal_setup.write(access_control={"rules": [
+        {"domain": "net.example.test", "networks": ["10.0.0.0/8"], "policy": "bypass"},
+        {"domain": "net.example.test", "policy": "deny"}]})
+    app = create_app(load_config(portal_setup.config_path))
+    try:
+        client = ProxiedClient(app)
+        url = "http://net.example.test/"
+        assert verify(client, url, **{"X-Forwarded-For": "10.1.2.3"}).status_code == 200
+        assert verify(client, url, **{"X-Forwarded-For": "192.0.2.1"}).status_code == 403
+        # the client prepends a fake hop; the proxy appends the real address: the real one counts
+        assert verify(client, url, **{"X-Forwarded-For": "10.1.2.3, 192.0.2.1"}).status_code == 403
+    finally:
+        app.close()
+
+
+def test_session_cookie_is_parsed_strictly(client, app):
+    post_login(client, "bob")
+    sid = client.get_cookie("authportal_session", domain="example.test").value
+    other = ProxiedClient(app, use_cookies=False)  # sends our raw Cookie headers as they are
+    for cookie in (f"xauthportal_session={sid}", f"authportal_session={sid[:-1]}", f"authportal_session={sid}'"):
+        response = other.get("/api/verify", base_url=PORTAL, headers={"X-Original-URL": PROM, "Cookie": cookie})
+        assert response.status_code == 401, cookie
+    ok = other.get("/api/verify", base_url=PORTAL,
+                   headers={"X-Original-URL": PROM, "Cookie": f"a=b; authportal_session={sid}; c=d"})
+    assert ok.status_code == 200
+
+
+# Machine clients
+
+def test_basic_auth_grants_like_a_session(client):
+    response = verify(client, Authorization=basic("bob"))
+    assert response.status_code == 200
+    assert response.headers["Remote-User"] == "bob" and response.headers["Remote-Groups"] == "monitoring"
+    assert verify(client, Authorization=basic("carol")).status_code == 403
+
+
+@pytest.mark.parametrize("header", [basic("bob", "wrong"), basic("nobody", "x"), basic("dave"),
+                                    "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode(), "Digest x"])
+def test_bad_basic_credentials_get_a_challenge_not_a_redirect(client, header):
+    response = verify(client, Authorization=header, Accept="text/html")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="authportal"'
+    assert "Remote-User" not in response.headers
+
+
+def test_proxy_authorization_is_accepted(client):
+    assert verify(client, **{"Proxy-Authorization": basic("bob")}).headers["Remote-User"] == "bob"
+
+
+def test_basic_cannot_satisfy_two_factor(client):
+    response = verify(client, "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot", "POST",
+                      Authorization=basic("alice"))
+    assert response.status_code == 403
+
+
+def test_basic_can_be_switched_off_per_rule(portal_setup):
+    from authportal.app import create_app
+    from authportal.config import load_config
+
+    portal_setup.write(access_control={"rules": [
+        {"domain": "ui.example.test", "subject": ["group:monitoring"], "policy": "one_factor", "basic_auth": False},
+        {"domain": "api.example.test", "subject": ["group:monitoring"], "policy": "one_factor"}]})
+    app = create_app(load_config(portal_setup.config_path))
+    try:
+        client = ProxiedClient(app)
+        refused = verify(client, "http://ui.example.test/", Authorization=basic("bob"))
+        assert refused.status_code == 401 and "WWW-Authenticate" not in refused.headers
+        assert verify(client, "http://api.example.test/", Authorization=basic("bob")).status_code == 200
+    finally:
+        app.close()
+
+
+def test_bearer_tokens(app, client):
+    tokens = app.portal.tokens
+    good, _ = tokens.create("bob", "grafana", 3600, [])
+    scoped, _ = tokens.create("alice", "scoped", 3600, ["group:monitoring"])
+    expired, _ = tokens.create("bob", "old", 1, [])
+    revoked, info = tokens.create("bob", "gone", 3600, [])
+    tokens.revoke(info.id)
+    app.portal.token_credentials.clear()
+    ok = verify(client, Authorization=f"Bearer {good}")
+    assert ok.status_code == 200 and ok.headers["Remote-User"] == "bob"
+    scoped_answer = verify(client, Authorization=f"Bearer {scoped}")
+    assert scoped_answer.headers["Remote-Groups"] == "monitoring"  # admins is outside the token's scope
+    assert verify(client, "http://alertmanager.example.test/", Authorization=f"Bearer {scoped}").status_code == 403
+    assert verify(client, Authorization=f"Bearer {revoked}").status_code == 401
+    assert verify(client, Authorization="Bearer ap_" + "x" * 43).status_code == 401
+    tokens.clock = lambda: 4e9  # far in the future: the short-lived token has expired
+    assert verify(client, Authorization=f"Bearer {expired}").status_code == 401
+
+
+def test_revoking_a_token_on_the_page_takes_effect_at_once(app, client):
+    import re
+
+    post_login(client, "bob")
+    page = client.get("/tokens", base_url=PORTAL).get_data(as_text=True)
+    token = re.search(r'value="([0-9a-f]{64})"', page).group(1)
+    created = client.post("/tokens", base_url=PORTAL, data={"csrf_token": token, "name": "grafana", "expires": "30d"})
+    secret = re.search(r'<code id="new-token">(ap_[\w-]+)</code>', created.get_data(as_text=True)).group(1)
+    machine = ProxiedClient(app)
+    assert verify(machine, Authorization=f"Bearer {secret}").status_code == 200
+    token_id = app.portal.tokens.list("bob")[0].id
+    client.post(f"/tokens/{token_id}/revoke", base_url=PORTAL, data={"csrf_token": token})
+    assert verify(machine, Authorization=f"Bearer {secret}").status_code == 401
+    # the page never shows the token again
+    assert secret not in client.get("/tokens", base_url=PORTAL).get_data(as_text=True)
+
+
+def test_credentials_cache_holds_no_password_and_checks_once(app, client):
+    hashes = []
+    provider = app.portal.provider
+    real = provider.check_password
+
+    def counting(user, password):
+        hashes.append(user)
+        return real(user, password)
+
+    provider.check_password = counting
+    for _ in range(5):
+        assert verify(client, Authorization=basic("bob")).status_code == 200
+    assert hashes == ["bob"]
+    cache = app.portal.credentials
+    stored = repr(list(cache._entries.items()))
+    assert USERS["bob"]["password"] not in stored and "bob:" not in stored
+
+
+def test_concurrent_identical_basic_checks_hash_once(app):
+    import threading
+    import time
+
+    calls = []
+    real = app.portal.provider.check_password
+
+    def slow(user, password):
+        calls.append(user)
+        time.sleep(0.2)
+        return real(user, password)
+
+    app.portal.provider.check_password = slow
+    results = []
+
+    def one():
+        results.append(verify(ProxiedClient(app), Authorization=basic("bob")).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 8
+    assert calls == ["bob"]
+
+
+def test_users_file_change_invalidates_the_cache_at_once(app, client, portal_setup):
+    assert verify(client, Authorization=basic("bob")).status_code == 200
+    users = {name: dict(fields) for name, fields in USERS.items()}
+    users["bob"]["password"] = "a-new-password"
+    portal_setup.write_users(users)
+    assert app.portal.provider.reload_if_changed()
+    assert verify(client, Authorization=basic("bob")).status_code == 401
+    assert verify(client, Authorization=basic("bob", "a-new-password")).status_code == 200
+
+
+def test_session_of_a_disabled_user_stops_working(app, client, portal_setup):
+    post_login(client, "bob")
+    assert verify(client).status_code == 200
+    users = {name: dict(fields) for name, fields in USERS.items()}
+    users["bob"]["disabled"] = True
+    portal_setup.write_users(users)
+    app.portal.provider.reload_if_changed()
+    assert verify(client).status_code == 401
+
+
+def test_group_change_in_users_file_applies_to_live_sessions(app, client, portal_setup):
+    post_login(client, "carol")
+    assert verify(client).status_code == 403
+    users = {name: dict(fields) for name, fields in USERS.items()}
+    users["carol"]["groups"] = ["monitoring"]
+    portal_setup.write_users(users)
+    app.portal.provider.reload_if_changed()
+    response = verify(client)
+    assert response.status_code == 200 and response.headers["Remote-Groups"] == "monitoring"
+
+
+def test_an_exception_on_the_verify_path_denies(app, client, caplog):
+    post_login(client, "bob")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    app.portal.rules.decide = broken
+    response = verify(client)
+    assert response.status_code == 401 and "Remote-User" not in response.headers
+    assert "verify failed; denying" in caplog.text
