@@ -69,6 +69,17 @@ def build_provider(config: Config) -> UserProvider:
     return open_users_file(auth.file, PasswordHasher(auth.file.password))
 
 
+def build_regulator(config: Config) -> Regulator:
+    """Bans live where sessions live: in Redis when configured (shared by every instance), else in memory."""
+    redis = config.session.redis
+    if redis is None:
+        return Regulator(config.regulation)
+    options: dict[str, object] = {"socket_timeout": redis.timeout, "socket_connect_timeout": redis.timeout}
+    if redis.password is not None:
+        options["password"] = redis.password.get_secret_value()
+    return Regulator(config.regulation, redis.url, **options)
+
+
 def build_portal(config: Config) -> Portal:
     """Open backends, migrate storage, compile rules. Raises BackendUnavailable/StorageUnavailable."""
     for warning in config.warnings():
@@ -80,7 +91,6 @@ def build_portal(config: Config) -> Portal:
     box.verify_key(storage)
     provider = build_provider(config)
     sessions = open_session_store(config.session, storage)
-    redis_url = config.session.redis.url if config.session.redis else None
     metrics = Metrics()
     def count_lookup(hit: bool) -> None:
         metrics.cache_lookups.labels("hit" if hit else "miss").inc()
@@ -98,7 +108,7 @@ def build_portal(config: Config) -> Portal:
     portal = Portal(
         config=config, provider=provider, storage=storage, sessions=sessions,
         rules=AccessRules(config.access_control),
-        regulator=Regulator(config.regulation, redis_url or "memory://"),
+        regulator=build_regulator(config),
         totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
         credentials=credentials, token_credentials=token_credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
         refresher=refresher,

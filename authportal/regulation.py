@@ -24,9 +24,10 @@ class RegulationUnavailable(Exception):
 
 
 class Regulator:
-    def __init__(self, config: RegulationConfig, storage_uri: str = "memory://"):
+    def __init__(self, config: RegulationConfig, storage_uri: str = "memory://", **storage_options: object):
+        """`storage_uri` is a `limits` storage (memory:// or the sessions' redis://), options go to its client."""
         self.config = config
-        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri, **storage_options))
         window = max(1, int(config.find_time))
         self._user_failures = RateLimitItemPerSecond(config.max_retries, window, namespace="ap-fail-user")
         self._ip_failures = (RateLimitItemPerSecond(config.ip_max_retries, window, namespace="ap-fail-ip")

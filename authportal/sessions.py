@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .config import SessionConfig
 from .storage import Storage, StorageUnavailable
@@ -194,5 +196,6 @@ def open_session_store(config: SessionConfig, storage: Storage) -> SessionStore:
     client = redis.Redis.from_url(
         config.redis.url, password=password, socket_timeout=config.redis.timeout,
         socket_connect_timeout=config.redis.timeout, health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),  # one quick retry after a dropped connection, then deny
     )
     return SessionStore(RedisSessions(client), config)

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from ldap3 import (
     AUTO_BIND_NONE,
     BASE,
+    IP_V4_PREFERRED,
     NONE,
     SIMPLE,
     SUBTREE,
@@ -43,6 +44,7 @@ from ldap3 import (
     Tls,
 )
 from ldap3.core.exceptions import LDAPException
+from ldap3.operation.search import parse_filter
 from ldap3.utils.conv import escape_filter_chars
 
 from ..config import LdapConfig
@@ -200,8 +202,6 @@ def _check_filter(key: str, template: str, allowed: frozenset[str], attributes: 
     if not (template.startswith("(") and template.endswith(")")) or template.count("(") != template.count(")"):
         raise ValueError(f"authentication.ldap.{key}: not an LDAP filter (unbalanced parentheses): {template!r}")
     sample = expand_filter(template, attributes, input="x", dn="cn=x", username="x")
-    from ldap3.operation.search import parse_filter
-
     try:
         parse_filter(sample, None, True, False, None, False)
     except LDAPException as exc:
@@ -226,7 +226,7 @@ def build_ssl_context(config: LdapConfig) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None)
         if tls.cert_file or tls.key_file:
             if not tls.cert_file:
-                raise ValueError("tls.key_file is set but tls.cert_file is not")
+                raise ValueError("authentication.ldap.tls: key_file is set but cert_file is not")
             context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"authentication.ldap.tls: cannot load certificates: {exc}") from None
@@ -282,8 +282,9 @@ class _Endpoint:
 
     def server(self) -> Server:
         # A new Server per connection: ldap3 keeps per-connection state (current_address) on the Server object.
+        # IP_V4_PREFERRED tries every address of the name (IPv4 first); the default mode tries only the first one.
         return Server(self.host, port=self.port, use_ssl=self.use_ssl, tls=self.tls, get_info=NONE,
-                      connect_timeout=self.connect_timeout)
+                      connect_timeout=self.connect_timeout, mode=IP_V4_PREFERRED)
 
 
 @dataclass
