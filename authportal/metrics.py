@@ -35,9 +35,9 @@ class Metrics:
         self.bans = Counter("authportal_bans", "Bans imposed by regulation", ["kind"], registry=r)
         self.cache_lookups = Counter("authportal_credentials_cache_lookups",
                                      "Basic/token credential cache lookups", ["result"], registry=r)
-        self.reloads = Counter("authportal_config_reloads", "Configuration reloads by result", ["result"], registry=r)
-        self.active_bans = Gauge("authportal_active_bans", "Bans currently in force (this instance's view)",
-                                 registry=r, multiprocess_mode="max")
+        # Set from the main process' tally at each worker start (workers are respawned on reload): a gauge.
+        self.reloads = Gauge("authportal_config_reloads", "Configuration reloads (SIGHUP) since start, by result",
+                             ["result"], registry=r, multiprocess_mode="max")
         for result in LOGIN_RESULTS:
             self.logins.labels(result)
         self._verify_children: dict[tuple[str, str], Counter] = {}

@@ -17,6 +17,10 @@ from .storage import StorageUnavailable
 
 log = logging.getLogger("authportal")
 
+#: The configuration workers start with. granian forks its workers from the main process, so they
+#: inherit it; SIGHUP replaces it only when the new file is valid (else the running one keeps serving).
+_active: dict[str, object] = {"config": None, "reloads": {"success": 0, "failure": 0}}
+
 
 def check_backends(config: Config) -> list[str]:
     """Problems that make the config unusable although it parses (users file missing or malformed)."""
@@ -33,6 +37,12 @@ def check_backends(config: Config) -> list[str]:
 
 
 def run(config: Config, config_path: str, workers: int | None = None, threads: int | None = None) -> int:
+    workers = workers or config.server.workers
+    threads = threads or config.server.threads
+    if workers > 1:
+        # Before prometheus_client is first imported: it picks its shared-file storage at import time.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="authportal-metrics-"))
+
     from granian.constants import Interfaces
     from granian.server import Server
 
@@ -51,27 +61,55 @@ def run(config: Config, config_path: str, workers: int | None = None, threads: i
     except (BackendUnavailable, StorageUnavailable, Exception) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_RUNTIME
-    workers = workers or config.server.workers
-    threads = threads or config.server.threads
     os.environ[CONFIG_PATH_ENV] = os.path.abspath(config_path)
-    if workers > 1:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="authportal-metrics-"))
     log.info("authportal listening on %s (portal %s), %d worker(s) x %d threads",
              config.server.address, config.portal_url, workers, threads)
+    _active["config"] = config
     server = Server(
         "authportal.server:worker_app", address=config.server.host, port=config.server.port,
         interface=Interfaces.WSGI, workers=workers, blocking_threads=threads, factory=True,
         log_enabled=True, log_access=False, backlog=2048, respawn_failed_workers=True,
-        workers_kill_timeout=10,
+        workers_kill_timeout=10, respawn_interval=1.0,
     )
+    server.on_reload(lambda: reload_config(config_path))
     server.serve()
     return 0
+
+
+def reload_config(config_path: str) -> bool:
+    """SIGHUP: validate the file again; adopt it only if valid. Workers are then respawned by granian."""
+    from .config import ConfigError
+
+    counts = _active["reloads"]
+    assert isinstance(counts, dict)
+    try:
+        config = load_config(config_path)
+        problems = check_backends(config)
+        if problems:
+            raise ConfigError(problems)
+    except ConfigError as exc:
+        counts["failure"] += 1
+        log.error("configuration reload refused, the running configuration keeps serving:\n  %s",
+                  "\n  ".join(exc.errors))
+        return False
+    counts["success"] += 1
+    _active["config"] = config
+    setup_logging(config.log)
+    log.info("configuration reloaded from %s", config_path)
+    return True
 
 
 def worker_app():  # pragma: no cover - runs inside granian workers
     """Granian factory: each worker loads the config named by X_AUTHPORTAL_CONFIG and builds its app."""
     from .app import create_app
 
-    config = load_config(os.environ[CONFIG_PATH_ENV])
+    config = _active["config"]
+    if not isinstance(config, Config):  # not forked from `run` (e.g. spawn start method): read the file
+        config = load_config(os.environ[CONFIG_PATH_ENV])
     setup_logging(config.log)
-    return create_app(config)
+    app = create_app(config)
+    counts = _active["reloads"]
+    assert isinstance(counts, dict)
+    for result, count in counts.items():
+        app.portal.metrics.reloads.labels(result).set(count)
+    return app

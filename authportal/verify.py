@@ -151,7 +151,7 @@ class Verifier:
     def _audit_denied(self, identity: Identity | None, client_ip: str, url: str, method: str, rule: int | None,
                       environ: dict[str, Any], reason: str = "policy") -> None:
         audit("access_denied", user=identity.user if identity else None, ip=client_ip, url=url, method=method,
-              rule=rule, reason=reason, user_agent=environ.get("HTTP_USER_AGENT"),
+              rule="default" if rule is None else rule, reason=reason, user_agent=environ.get("HTTP_USER_AGENT"),
               request_id=environ.get("HTTP_X_REQUEST_ID"))
 
 

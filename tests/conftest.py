@@ -59,3 +59,17 @@ def app(portal_setup):
 @pytest.fixture
 def client(app):
     return ProxiedClient(app)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory):
+    """After the whole run: no password or secret key of the tests appears in any log any server wrote."""
+    from tests.portal import SECRET_KEY, USERS
+
+    yield
+    secrets = {SECRET_KEY, *(fields["password"] for fields in USERS.values())}
+    leaks = []
+    for log in tmp_path_factory.getbasetemp().rglob("*.log"):
+        text = log.read_text(errors="replace")
+        leaks += [f"{log}: {secret[:4]}…" for secret in secrets if secret in text]
+    assert not leaks, f"secrets found in logs: {leaks}"

@@ -146,7 +146,8 @@ def login() -> Response:
             measured = time.perf_counter() - started
             result = "success" if details else "bad_credentials"
             if details is None:
-                portal.regulator.record_failure(username, client_ip)
+                for kind in portal.regulator.record_failure(username, client_ip):
+                    portal.metrics.bans.labels(kind).inc()
             else:
                 portal.regulator.record_success(username)
     except (BackendUnavailable, RegulationUnavailable) as exc:
@@ -200,7 +201,8 @@ def second_factor() -> Response:
             ok = portal.totp.check(user, request.form.get("code", ""))
             reason = "totp_failed"
             if not ok:
-                portal.regulator.record_failure(user, client_ip)
+                for kind in portal.regulator.record_failure(user, client_ip):
+                    portal.metrics.bans.labels(kind).inc()
     except (RegulationUnavailable, StorageUnavailable, DecryptionError) as exc:
         portal.metrics.logins.labels("backend_error").inc()
         portal.metrics.backend_errors.labels(_backend_name(exc)).inc()
