@@ -2,7 +2,8 @@
 # Installs the real servers the test suite runs (Debian packages), once, as root.
 # Services never start by themselves here: the tests start their own copies on loopback.
 set -euo pipefail
-packages=(nginx redis-server slapd ldap-utils samba samba-ad-dc samba-ad-provision winbind krb5-user
+# libnginx-mod-http-ndk + -set-misc: set_escape_uri, as ingress-nginx uses (examples/nginx/ingress-nginx/).
+packages=(nginx libnginx-mod-http-ndk libnginx-mod-http-set-misc redis-server slapd ldap-utils samba samba-ad-dc samba-ad-provision winbind krb5-user
           haproxy caddy prometheus prometheus-alertmanager chromium chromium-driver postgresql
           wrk socat iproute2 apache2-utils)
 missing=()

@@ -11,6 +11,7 @@ from tests.portal import PortalSetup, ServedPortal
 from tests.servers.fixtures import *  # noqa: F403
 from tests.servers.storage_fixtures import *  # noqa: F403
 
+
 class ProxiedClient(Client):
     """In-process client whose requests arrive from 127.0.0.1, a trusted proxy, as they do behind nginx."""
 

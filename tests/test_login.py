@@ -8,7 +8,6 @@ import pytest
 from werkzeug.test import Client
 
 from tests.conftest import ProxiedClient
-
 from tests.portal import USERS
 
 PORTAL = "http://auth.example.test"

@@ -688,14 +688,16 @@ class LdapUserProvider:
                 try:
                     result = operation(pooled.conn, pooled.endpoint)
                 except _Broken as exc:
+                    endpoint = pooled.endpoint
                     _quietly_unbind(pooled.conn)
-                    self._mark_failed(pooled.endpoint)
+                    self._mark_failed(endpoint)
                     pooled = None
                     if reused and not exc.timed_out:
                         reused = False  # a stale pooled connection: try once more on a new one
                         continue
-                    self._mark_down(exc.reason)
-                    raise BackendUnavailable(f"LDAP directory unavailable: {exc.reason}") from None
+                    reason = f"{endpoint.url}: {exc.reason}"
+                    self._mark_down(reason)
+                    raise BackendUnavailable(f"LDAP directory unavailable: {reason}") from None
                 except BaseException:
                     _quietly_unbind(pooled.conn)
                     raise

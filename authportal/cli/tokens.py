@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from ..config import parse_duration
 from ..audit import audit
+from ..config import parse_duration
 from ..tokens import TokenService
 from .common import config_option, fail, format_time, open_storage
 

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import click
 import segno
 
-from ..secretbox import SecretBox, WrongEncryptionKey
 from ..audit import audit
+from ..secretbox import SecretBox, WrongEncryptionKey
 from ..totp import TotpService
 from .common import config_option, fail, format_time, open_storage
 
