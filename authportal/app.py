@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 from flask import Flask
@@ -123,6 +124,8 @@ class PortalApp:
     def __init__(self, portal: Portal, flask_app: Flask):
         self.portal = portal
         self.flask = flask_app
+        # A portal_url with a path (https://example.com/auth) is served under that prefix.
+        self.prefix = urlsplit(portal.config.portal_url).path.rstrip("/")
         self.verifier = Verifier(
             portal.config, portal.sessions, portal.rules,
             MachineAuthenticator(portal.provider, portal.tokens, portal.credentials, portal.token_credentials),
@@ -130,7 +133,11 @@ class PortalApp:
         )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO")
+        path = environ.get("PATH_INFO", "")
+        if self.prefix:
+            if path == self.prefix or path.startswith(self.prefix + "/"):
+                path = environ["PATH_INFO"] = path[len(self.prefix):] or "/"
+            environ["SCRIPT_NAME"] = self.prefix  # links and redirects carry the prefix
         if path == VERIFY_PATH or path == FORWARD_AUTH_PATH:
             return self.verifier(environ, start_response)
         return self.flask(environ, start_response)

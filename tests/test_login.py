@@ -201,3 +201,29 @@ def test_user_info(client):
     info = page(client, "/api/user/info").json
     assert info == {"user": "alice", "name": "Alice Admin", "email": "alice@example.test",
                     "groups": ["admins", "monitoring"], "level": 1, "totp": False}
+
+
+def test_portal_under_a_path_prefix(portal_setup):
+    """portal_url https://host/auth: the portal answers under /auth and its links carry the prefix."""
+    from authportal.app import create_app
+    from authportal.config import load_config
+
+    portal_setup.write(server={"portal_url": f"http://app.example.test:{portal_setup.port}/auth"})
+    app = create_app(load_config(portal_setup.config_path))
+    try:
+        client = ProxiedClient(app)
+        html = client.get("/auth/", base_url="http://app.example.test").get_data(as_text=True)
+        assert 'action="/auth/login"' in html and 'href="/auth/static/portal.css"' in html
+        assert client.get("/auth/static/portal.css", base_url="http://app.example.test").status_code == 200
+        token = re.search(r'value="([0-9a-f]{64})"', html).group(1)
+        response = client.post("/auth/login", base_url="http://app.example.test", data={
+            "username": "bob", "password": USERS["bob"]["password"], "csrf_token": token})
+        assert response.status_code == 302 and response.headers["Location"] == "/auth/"
+        allowed = client.get("/auth/api/verify", base_url="http://app.example.test",
+                             headers={"X-Original-URL": "http://app.example.test/alertmanager/x"})
+        assert allowed.status_code == 200 and allowed.headers["Remote-User"] == "bob"
+        anonymous = ProxiedClient(app).get("/auth/api/verify", base_url="http://app.example.test",
+                                           headers={"X-Original-URL": PROM})
+        assert anonymous.headers["Location"].startswith(f"http://app.example.test:{portal_setup.port}/auth/?rd=")
+    finally:
+        app.close()

@@ -1,0 +1,101 @@
+"""A served portal behind a real nginx running one of the project's examples (examples/nginx/).
+
+`nginx_stack(layout, directory, backends)` starts the portal (its `portal_url`
+is the nginx address, as a browser sees it) and nginx with the example file's
+placeholders filled in, and stops both on exit. Layouts:
+
+- `seed-layout`: app.example.test/prometheus/, /alertmanager/, /public/; portal on auth.example.test
+- `subdomains`: prometheus.example.test, alertmanager.example.test; portal on auth.example.test
+- `ingress-nginx`: what ingress-nginx generates from ingress.yaml; portal at the root of app.example.test
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.portal import PortalSetup, ServedPortal
+from tests.servers import IN_CI, free_port
+from tests.servers.nginx import Nginx
+from tests.servers.process import REPO
+
+EXAMPLES = REPO / "examples" / "nginx"
+SET_MISC_MODULES = (Path("/usr/lib/nginx/modules/ndk_http_module.so"),
+                    Path("/usr/lib/nginx/modules/ngx_http_set_misc_module.so"))
+
+
+@dataclass(frozen=True)
+class Layout:
+    file: str
+    portal_host: str
+    #: The portal's session.domain (None: a host-only cookie, enough when everything is on one host).
+    session_domain: str | None = "example.test"
+    #: What the example's 401 redirect carries in rd: the full URL, or only the path (ingress-nginx).
+    rd_is_path: bool = False
+
+
+LAYOUTS = {
+    "seed-layout": Layout("seed-layout.conf", "auth.example.test"),
+    "subdomains": Layout("subdomains.conf", "auth.example.test"),
+    "ingress-nginx": Layout("ingress-nginx/equivalent-nginx.conf", "app.example.test", None, rd_is_path=True),
+}
+
+
+@dataclass
+class NginxStack:
+    name: str
+    layout: Layout
+    port: int
+    portal: ServedPortal
+    nginx: Nginx
+
+    @property
+    def portal_base(self) -> str:
+        """The portal as browsers reach it, through nginx."""
+        return f"http://{self.layout.portal_host}:{self.port}"
+
+    def url(self, host: str, path: str = "/") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+
+def require_set_misc() -> None:
+    """ingress-nginx's `set_escape_uri` needs the set-misc module (built into OpenResty, a package on Debian)."""
+    missing = [str(path) for path in SET_MISC_MODULES if not path.exists()]
+    if missing:
+        message = (f"nginx module(s) {', '.join(missing)} missing: "
+                   "apt install libnginx-mod-http-ndk libnginx-mod-http-set-misc")
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@contextmanager
+def nginx_stack(name: str, directory: Path, backends: Mapping[str, str],
+                portal_overrides: Mapping[str, Any] | None = None, port: int | None = None) -> Iterator[NginxStack]:
+    """Portal + nginx for layout `name`; `backends` fills PROMETHEUS, ALERTMANAGER, PUBLIC (host:port).
+
+    `port` is nginx's port (a free one by default): pass it when a backend must know it beforehand.
+    """
+    layout = LAYOUTS[name]
+    if name == "ingress-nginx":
+        require_set_misc()
+    port = port or free_port()
+    overrides: dict[str, Any] = {
+        "server": {"portal_url": f"http://{layout.portal_host}:{port}"},
+        "session": {"domain": layout.session_domain},
+    }
+    for key, value in (portal_overrides or {}).items():
+        overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
+    setup = PortalSetup(directory / "portal", overrides=overrides)
+    with ExitStack() as stack:
+        portal = ServedPortal(setup).start()
+        stack.callback(portal.stop)
+        nginx = Nginx.from_file(EXAMPLES / layout.file, {
+            "LISTEN": f"127.0.0.1:{port}", "PORTAL": f"127.0.0.1:{setup.port}", **backends})
+        stack.callback(nginx.stop)
+        nginx.start()
+        yield NginxStack(name, layout, port, portal, nginx)
