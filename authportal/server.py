@@ -33,6 +33,14 @@ def check_backends(config: Config) -> list[str]:
             parse_users_file(config.authentication.file.path)
         except UsersFileError as exc:
             problems.append(f"authentication.file.path: {exc}")
+    else:
+        from .authentication.ldap import LdapUserProvider
+
+        assert config.authentication.ldap is not None
+        try:  # compiles filters and TLS settings; connects only when first used
+            LdapUserProvider(config.authentication.ldap).close()
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
 
 

@@ -9,6 +9,7 @@ from werkzeug.test import Client
 
 from tests.portal import PortalSetup, ServedPortal
 from tests.servers.fixtures import *  # noqa: F403
+from tests.servers.ldap_fixtures import *  # noqa: F403
 from tests.servers.storage_fixtures import *  # noqa: F403
 
 

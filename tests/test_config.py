@@ -189,3 +189,10 @@ def _models(annotation):
     for arg in typing.get_args(annotation):
         found += _models(arg)
     return found
+
+
+def test_bad_ldap_filter_is_a_config_error(portal_setup):
+    portal_setup.write(authentication={"backend": "ldap", "ldap": {
+        "url": "ldap://127.0.0.1:1", "base_dn": "dc=example,dc=com", "users_filter": "(uid={input}"}})
+    code, output = check(portal_setup.config_path)
+    assert code == 2 and "authentication.ldap.users_filter" in output and "unbalanced parentheses" in output

@@ -23,11 +23,6 @@ from authportal.authentication.ldap import (
 )
 from authportal.config import LdapConfig
 from tests.servers import free_port
-from tests.servers.ldap_fixtures import (  # noqa: F401 - fixtures, until conftest.py imports them
-    samba_ad_fixture,
-    samba_template_fixture,
-    slapd_fixture,
-)
 from tests.servers.samba_ad import SambaAD
 from tests.servers.slapd import SlapdServer
 
@@ -269,9 +264,10 @@ def test_starttls_with_ca_verification(slapd):
     assert "STARTTLS" in slapd.log_text()
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_ldaps_with_ca_verification(slapd, host):
-    p = slapd_provider(slapd, url=f"ldaps://{host}:{slapd.tls_port}", tls={"ca_file": str(slapd.ca_file)})
+@pytest.mark.parametrize(("host", "minimum"), [("127.0.0.1", "TLS1.2"), ("localhost", "TLS1.2"), ("127.0.0.1", "TLS1.3")])
+def test_ldaps_with_ca_verification(slapd, host, minimum):
+    p = slapd_provider(slapd, url=f"ldaps://{host}:{slapd.tls_port}",
+                       tls={"ca_file": str(slapd.ca_file), "minimum_version": minimum})
     try:
         assert p.check_password("bob", slapd.PASSWORDS["bob"]).username == "bob"
     finally:

@@ -248,7 +248,13 @@ class SambaAD:
         tls = self.root / "tls"
         conf = self.smb_conf.read_text().replace(str(self.template), str(self.root))
         conf = re.sub(r"(?m)^\s*(interfaces|bind interfaces only|server services)\s*=.*\n", "", conf)
+        run = self.root / "run"  # not /run/samba: several DCs (and test runs) side by side
+        run.mkdir(exist_ok=True)
         extra = (
+            f"\tpid directory = {run}\n"
+            f"\tncalrpc dir = {run / 'ncalrpc'}\n"
+            f"\twinbindd socket directory = {run / 'winbindd'}\n"
+            f"\tntp signd socket directory = {run / 'ntp_signd'}\n"
             "\tbind interfaces only = No\n"
             "\tserver services = ldap, kdc\n"
             "\ttls enabled = yes\n"

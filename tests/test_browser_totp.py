@@ -1,0 +1,46 @@
+"""Chromium enrolls a second factor and signs in with it, through nginx (examples/nginx/seed-layout.conf)."""
+from __future__ import annotations
+
+import time
+
+import pyotp
+
+from tests.servers.browser import ARTIFACTS
+from tests.test_browser import DESKTOP, echoed_headers, open_protected, sign_in, stack  # noqa: F401
+
+ADMIN_PATH = "/prometheus/api/v1/admin/tsdb/snapshot"
+
+
+def test_enrollment_then_a_second_login_with_the_code(browser, stack):  # noqa: F811
+    context, page, url = open_protected(browser, stack, ADMIN_PATH, viewport=DESKTOP)
+    try:
+        sign_in(page, "alice")
+        # alice has no device yet and the admin API needs two factors: the portal offers enrollment
+        page.wait_for_url(lambda current: "/2fa/setup" in current)
+        assert page.locator("h1").inner_text() == "Set up two-factor"
+        assert page.locator("figure.qr svg").count() == 1
+        secret = page.locator("#totp-secret").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "totp-enrollment.png"), full_page=False)
+        enrollment_code = pyotp.TOTP(secret).now()
+        page.fill("#code", enrollment_code)
+        page.click("button[type=submit]")
+        page.wait_for_url(url)
+        assert echoed_headers(page)["Remote-User"] == "alice"
+    finally:
+        context.close()
+
+    context, page, url = open_protected(browser, stack, ADMIN_PATH, viewport=DESKTOP)
+    try:
+        sign_in(page, "alice")
+        page.wait_for_url(lambda current: "/2fa?" in current)
+        assert page.locator("h1").inner_text() == "Two-factor code"
+        page.fill("#code", enrollment_code)  # already used at enrollment (still within the skew): refused
+        page.click("button[type=submit]")
+        assert "Incorrect or already used code." in page.locator(".alert").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "totp-code-refused.png"), full_page=False)
+        page.fill("#code", pyotp.TOTP(secret).at(time.time() + 30))  # the next step, within the skew
+        page.click("button[type=submit]")
+        page.wait_for_url(url)
+        assert echoed_headers(page)["Remote-User"] == "alice"
+    finally:
+        context.close()
