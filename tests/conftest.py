@@ -75,3 +75,11 @@ def no_secret_in_any_log(tmp_path_factory):
         text = log.read_text(errors="replace")
         leaks += [f"{log}: {secret[:4]}…" for secret in secrets if secret in text]
     assert not leaks, f"secrets found in logs: {leaks}"
+
+
+@pytest.fixture
+def portal_setup_both_storages(portal_setup, storage_config) -> PortalSetup:
+    """`portal_setup` on SQLite and on a real PostgreSQL (parametrized): modules opt in by aliasing it."""
+    if storage_config.postgres is not None:
+        portal_setup.write(storage={"sqlite": None, "postgres": {"url": storage_config.postgres.url}})
+    return portal_setup

@@ -15,6 +15,13 @@ PROM = "http://app.example.test/prometheus/graph"
 VERIFY_PROM = {"X-Original-URL": PROM, "X-Original-Method": "GET"}
 
 
+
+@pytest.fixture
+def portal_setup(portal_setup_both_storages):
+    """Every test here runs twice: sessions and TOTP state in SQLite, then in a real PostgreSQL."""
+    return portal_setup_both_storages
+
+
 def page(client: Client, path: str = "/", **kwargs):
     return client.get(path, base_url=PORTAL, **kwargs)
 

@@ -5,6 +5,7 @@ import re
 from urllib.parse import quote
 
 import pyotp
+import pytest
 
 from tests.test_login import PORTAL, csrf, post_login, verify
 
@@ -17,6 +18,13 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+
+@pytest.fixture
+def portal_setup(portal_setup_both_storages):
+    """Every test here runs twice: sessions and TOTP state in SQLite, then in a real PostgreSQL."""
+    return portal_setup_both_storages
 
 
 def get(client, path):
