@@ -7,6 +7,7 @@ metrics) to Flask.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class Portal:
     metrics: Metrics
     proxies: TrustedProxies
     refresher: DetailsRefresher
+    #: Admits password checks while at least 2 request threads stay free for verifies.
+    login_gate: threading.BoundedSemaphore
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -112,7 +115,7 @@ def build_portal(config: Config) -> Portal:
         regulator=build_regulator(config),
         totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
         credentials=credentials, token_credentials=token_credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
-        refresher=refresher,
+        refresher=refresher, login_gate=threading.BoundedSemaphore(config.server.threads - 2),
     )
     portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
     return portal

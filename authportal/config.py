@@ -120,7 +120,9 @@ class ServerConfig(Model):
         default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
     )
     workers: int = Field(default=1, ge=1, le=64)
-    threads: int = Field(default=4, ge=1, le=256)
+    #: Request threads per worker. Password checks may use all but 2 of them at once; the 2 stay free for
+    #: verifies, so a burst of logins never stalls the proxies (logins beyond that get 503 + Retry-After).
+    threads: int = Field(default=8, ge=3, le=256)
 
     @field_validator("portal_url")
     @classmethod
@@ -187,7 +189,7 @@ class PasswordHashConfig(Model):
     memory: int = Field(default=65536, ge=8192, description="KiB")
     parallelism: int = Field(default=4, ge=1)
     #: At most this many password hashes run at once (bounds memory under a login burst).
-    max_concurrent: int = Field(default=4, ge=1)
+    max_concurrent: int = Field(default=2, ge=1)
 
 
 class FileBackendConfig(Model):

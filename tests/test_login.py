@@ -234,3 +234,21 @@ def test_portal_under_a_path_prefix(portal_setup):
         assert anonymous.headers["Location"].startswith(f"http://app.example.test:{portal_setup.port}/auth/?rd=")
     finally:
         app.close()
+
+
+def test_logins_beyond_the_free_threads_get_503_at_once(app, client):
+    """Password checks may not take the threads verifies need: a login beyond the gate is refused quickly."""
+    gate = app.portal.login_gate
+    held = 0
+    while gate.acquire(blocking=False):  # simulate logins occupying every admitted slot
+        held += 1
+    try:
+        assert held == app.portal.config.server.threads - 2
+        response = post_login(client, "bob")
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert "Too many sign-ins" in response.get_data(as_text=True)
+        assert verify(client).status_code == 401  # no session was created
+    finally:
+        for _ in range(held):
+            gate.release()
+    assert post_login(client, "bob").status_code == 302

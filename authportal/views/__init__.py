@@ -5,12 +5,14 @@ and the security headers every page carries.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, abort, current_app, g, request
+from flask import Flask, Response, abort, current_app, g, make_response, render_template, request
 
 from ..app import Portal
 from ..sessions import SessionStoreUnavailable
@@ -47,6 +49,26 @@ def check_csrf() -> None:
     sent = request.form.get("csrf_token", "")
     if len(seed) != 43 or not hmac.compare_digest(sent, _csrf_for(seed)):
         abort(400, description="The form expired or was not sent by this site. Reload the page and try again.")
+
+
+def admitted(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Run a password-checking view only while request threads stay free for verifies; else 503 at once."""
+
+    @functools.wraps(view)
+    def gated(*args: Any, **kwargs: Any) -> Response:
+        gate = current_portal().login_gate
+        if not gate.acquire(blocking=False):
+            page = render_template("error.html", title="Busy",
+                                   message="Too many sign-ins at this moment. Please try again in a second.")
+            response = make_response(page, 503)
+            response.headers["Retry-After"] = "1"
+            return response
+        try:
+            return view(*args, **kwargs)
+        finally:
+            gate.release()
+
+    return gated
 
 
 def session_id() -> str | None:

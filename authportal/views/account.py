@@ -12,7 +12,7 @@ from ..authentication import BackendUnavailable
 from ..config import parse_duration
 from ..identity import TWO_FACTOR
 from ..storage import StorageUnavailable
-from . import check_csrf, current_portal, current_session, session_id
+from . import admitted, check_csrf, current_portal, current_session, session_id
 from .login import BAD_CODE, BAD_CREDENTIALS, UNAVAILABLE, promote_session, target_url
 
 bp = Blueprint("account", __name__)
@@ -37,6 +37,7 @@ def _save(session: dict[str, Any]) -> None:
 
 
 @bp.route("/2fa/setup", methods=["GET", "POST"])
+@admitted
 def totp_setup() -> Response:
     session = _require_session()
     portal = current_portal()

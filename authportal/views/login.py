@@ -18,6 +18,7 @@ from ..secretbox import DecryptionError
 from ..sessions import SessionStoreUnavailable
 from ..storage import StorageUnavailable
 from . import (
+    admitted,
     check_csrf,
     clear_session_cookie,
     current_portal,
@@ -128,6 +129,7 @@ def index() -> Response:
 
 
 @bp.post("/login")
+@admitted
 def login() -> Response:
     check_csrf()
     portal = current_portal()
@@ -181,6 +183,7 @@ def login() -> Response:
 
 
 @bp.route("/2fa", methods=["GET", "POST"])
+@admitted
 def second_factor() -> Response:
     session = current_session()
     url = target_url()
