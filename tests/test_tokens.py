@@ -11,16 +11,9 @@ from click.testing import CliRunner
 from authportal.cli.tokens import tokens as tokens_cli
 from authportal.storage import api_tokens
 from authportal.tokens import TokenService
+from tests.clock import Clock
 
 T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -14,19 +14,12 @@ from authportal.config import TotpConfig
 from authportal.secretbox import DecryptionError, SecretBox, WrongEncryptionKey
 from authportal.storage import Storage, totp_configurations
 from authportal.totp import DIGESTS, TotpService
+from tests.clock import Clock
 
 KEY = "0123456789abcdef0123456789abcdef-test"
 SEED_SHA1 = b"12345678901234567890"
 SECRET = base64.b32encode(SEED_SHA1).decode()
 T0 = 1_700_000_010.0  # 10 s into a 30 s step
-
-
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def service(store, clock: Clock, box: SecretBox | None = None, **totp) -> TotpService:

@@ -7,17 +7,10 @@ from urllib.parse import quote
 import pyotp
 import pytest
 
+from tests.clock import Clock
 from tests.test_login import PORTAL, csrf, post_login, verify
 
 ADMIN_URL = "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot"
-
-
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 

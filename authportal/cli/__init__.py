@@ -7,7 +7,7 @@ import click
 
 from .. import __version__
 from ..config import ConfigError, load_config
-from .common import EXIT_CONFIG, EXIT_RUNTIME, config_option, fail, load_or_exit, report_config_errors
+from .common import EXIT_CONFIG, EXIT_RUNTIME, config_option, load_or_exit, read_password, report_config_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,13 +58,7 @@ def hash_password(from_stdin: bool) -> None:
     """Print an argon2id hash of a password, for the users file."""
     from ..passwords import PasswordHasher
 
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if not password:
-        fail("the password is empty", EXIT_CONFIG)
-    click.echo(PasswordHasher().hash(password))
+    click.echo(PasswordHasher().hash(read_password(from_stdin)))
 
 
 @main.command("demo")

@@ -39,6 +39,17 @@ def report_config_errors(exc: ConfigError) -> None:
         click.echo(f"  {line}", err=True)
 
 
+def read_password(from_stdin: bool) -> str:
+    """A new password: the first line of stdin, or a hidden prompt asked twice; empty exits 2."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        fail("the password is empty", EXIT_CONFIG)
+    return password
+
+
 def fail(message: str, code: int = EXIT_RUNTIME) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from ruamel.yaml import YAML
 
 from ..authentication.users_file import USERNAME_PATTERN, UsersFileError, parse_users_file
 from ..passwords import PasswordHasher, UnsupportedHash, check_hash_format
-from .common import EXIT_CONFIG, fail
+from .common import EXIT_CONFIG, fail, read_password
 
 file_option = click.option("--file", "-f", "users_file", required=True, type=click.Path(dir_okay=False),
                            help="The users file (Authelia users_database.yml shape).")
@@ -57,16 +56,6 @@ def _save(path: Path, document: Any) -> None:
         raise
 
 
-def _read_password(from_stdin: bool) -> str:
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if not password:
-        fail("the password is empty", EXIT_CONFIG)
-    return password
-
-
 @click.group()
 def users() -> None:
     """Manage the local users file."""
@@ -88,7 +77,7 @@ def add(users_file: str, username: str, display_name: str, email: str, groups: t
     document = _load(path)
     if username in document["users"]:
         fail(f"user {username!r} already exists (use `users passwd` to change the password)", EXIT_CONFIG)
-    entry: dict[str, Any] = {"password": PasswordHasher().hash(_read_password(from_stdin))}
+    entry: dict[str, Any] = {"password": PasswordHasher().hash(read_password(from_stdin))}
     if display_name:
         entry["displayname"] = display_name
     if email:
@@ -114,7 +103,7 @@ def passwd(users_file: str, username: str, from_stdin: bool) -> None:
     """Set a user's password."""
     path = Path(users_file)
     document = _load(path)
-    _existing(document, username)["password"] = PasswordHasher().hash(_read_password(from_stdin))
+    _existing(document, username)["password"] = PasswordHasher().hash(read_password(from_stdin))
     _save(path, document)
     click.echo(f"password changed for {username}")
 
