@@ -78,6 +78,10 @@ class Verifier:
         status = _STATUS_LINES[outcome.status]
         start_response(status, outcome.headers + [("Content-Length", "0"), ("Cache-Control", "no-store")])
         self.metrics.verify_done(outcome.result, outcome.policy, started)
+        if log.isEnabledFor(logging.DEBUG):  # an access line per verify, only when asked for: the hot path
+            log.debug("verify %s %s -> %d %s policy=%s request_id=%s", environ.get("HTTP_X_ORIGINAL_METHOD", "-"),
+                      environ.get("HTTP_X_ORIGINAL_URL") or environ.get("HTTP_X_FORWARDED_HOST", "-"),
+                      outcome.status, outcome.result, outcome.policy, environ.get("HTTP_X_REQUEST_ID", "-"))
         return [b""]
 
     # The decision

@@ -63,6 +63,7 @@ def test_audit_log_is_json_lines_with_the_facts(tmp_path):
         url = f"http://auth.example.test:{setup.port}"
         http = requests.Session()
         http.headers["User-Agent"] = "audit-test/1.0"
+        http.headers["X-Request-ID"] = "req-login-1"
         login(http, url, "bob", "wrong-password")
         login(http, url, "bob")
         http.get(url + "/api/verify", headers={"X-Original-URL": "http://alertmanager.example.test/",
@@ -77,8 +78,8 @@ def test_audit_log_is_json_lines_with_the_facts(tmp_path):
     events = [json.loads(line) for line in audit_file.read_text().splitlines()]
     by_kind = {e["event"]: e for e in events}
     failure = by_kind["login_failure"]
-    assert (failure["user"], failure["ip"], failure["reason"], failure["user_agent"]) == \
-        ("bob", "127.0.0.1", "bad_credentials", "audit-test/1.0")
+    assert (failure["user"], failure["ip"], failure["reason"], failure["user_agent"], failure["request_id"]) == \
+        ("bob", "127.0.0.1", "bad_credentials", "audit-test/1.0", "req-login-1")
     assert failure["logger"] == "authportal.audit" and failure["time"].endswith("Z")
     success = by_kind["login_success"]
     assert (success["user"], success["factor"], success["remember"]) == ("bob", "password", False)
@@ -141,3 +142,19 @@ def test_metrics_can_be_restricted_to_networks(tmp_path):
     with ServedPortal(setup):
         refused = requests.get(f"http://127.0.0.1:{setup.port}/metrics")
         assert refused.status_code == 403 and "authportal_logins_total" not in refused.text
+
+
+def test_json_logs_and_a_debug_line_per_verify(tmp_path):
+    setup = PortalSetup(tmp_path, overrides={"log": {"format": "json", "level": "debug"}})
+    with ServedPortal(setup) as served:
+        url = f"http://auth.example.test:{setup.port}"
+        http = requests.Session()
+        login(http, url, "bob")
+        http.get(url + "/api/verify", headers={"X-Original-URL": PROM, "X-Request-ID": "req-verify-9"})
+        wait_until(lambda: "req-verify-9" in served.logs(), timeout=5, what="verify debug line")
+        lines = [json.loads(line) for line in served.logs().splitlines() if line.startswith("{")]
+    verify_lines = [line for line in lines if line["logger"] == "authportal.verify"]
+    assert verify_lines and verify_lines[-1]["level"] == "debug"
+    assert "-> 200 allowed policy=one_factor request_id=req-verify-9" in verify_lines[-1]["message"]
+    logins = [line for line in lines if line.get("event") == "login_success"]
+    assert logins and logins[0]["user"] == "bob" and logins[0]["level"] == "info"

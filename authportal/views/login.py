@@ -138,7 +138,6 @@ def login() -> Response:
     password = request.form.get("password", "")
     remember = bool(request.form.get("remember")) and portal.config.session.remember_me > 0
     client_ip = portal.proxies.client_ip(request.environ)
-    user_agent = request.headers.get("User-Agent")
     measured = None
     try:
         if portal.regulator.is_banned(username, client_ip):
@@ -155,12 +154,12 @@ def login() -> Response:
     except (BackendUnavailable, RegulationUnavailable) as exc:
         portal.metrics.logins.labels("backend_error").inc()
         portal.metrics.backend_errors.labels(_backend_name(exc)).inc()
-        audit("login_failure", user=username, ip=client_ip, reason="backend unavailable", user_agent=user_agent)
+        audit("login_failure", user=username, ip=client_ip, reason="backend unavailable")
         _timer().pad(started, None)
         return _login_page(UNAVAILABLE, 503, username)
     portal.metrics.logins.labels(result).inc()
     if details is None:
-        audit("login_failure", user=username, ip=client_ip, reason=result, user_agent=user_agent)
+        audit("login_failure", user=username, ip=client_ip, reason=result)
         _timer().pad(started, measured)
         portal.metrics.login_latency.observe(time.perf_counter() - started)
         return _login_page(BAD_CREDENTIALS, 401, username)
@@ -175,8 +174,7 @@ def login() -> Response:
         sid = portal.sessions.create(data, remember)
     except SessionStoreUnavailable:
         return _login_page(UNAVAILABLE, 503, username)
-    audit("login_success", user=details.username, ip=client_ip, factor="password", remember=remember,
-          user_agent=user_agent)
+    audit("login_success", user=details.username, ip=client_ip, factor="password", remember=remember)
     response = next_step(portal.sessions.get(sid) or data, target_url())
     set_session_cookie(response, sid, remember)
     return response
