@@ -91,7 +91,7 @@ class Verifier:
         if not self.proxies.is_trusted(peer):
             raise BadRequest(f"peer {peer} is not in server.trusted_proxies: its X-Original-*/X-Forwarded-* "
                              "headers are not believed")
-        scheme, host, path, method = _original_request(environ)
+        scheme, host, path, method = _original_request(environ, forward)
         client_ip = self.proxies.client_ip(environ)
         url = f"{scheme}://{host}{path}"
 
@@ -116,12 +116,12 @@ class Verifier:
             self._audit_denied(identity, client_ip, url, method, decision.rule, environ)
             return Outcome(403, [], policy, "forbidden")
         if identity is None:
-            return self._unauthorized(url, forward, basic_allowed, environ, policy, machine_header is not None)
+            return self._unauthorized(url, forward, basic_allowed, environ, method, policy, machine_header is not None)
         if policy == "two_factor" and identity.level < TWO_FACTOR:
             if machine_header is not None:  # a script cannot answer a TOTP prompt
                 self._audit_denied(identity, client_ip, url, method, decision.rule, environ, "second factor required")
                 return Outcome(403, [], policy, "forbidden")
-            return self._unauthorized(url, forward, False, environ, policy, False)
+            return self._unauthorized(url, forward, False, environ, method, policy, False)
         return Outcome(200, list(identity.headers), policy, "allowed")
 
     def _session_identity(self, environ: dict[str, Any]) -> Identity | None:
@@ -141,10 +141,10 @@ class Verifier:
             return None
         return Identity.from_session(data) if data else None
 
-    def _unauthorized(self, url: str, forward: bool, basic_allowed: bool, environ: dict[str, Any],
+    def _unauthorized(self, url: str, forward: bool, basic_allowed: bool, environ: dict[str, Any], method: str,
                       policy: str, sent_credentials: bool) -> Outcome:
         location = f"{self.portal_url}/?rd={quote(url, safe='')}"
-        browser = _is_browser(environ) and not sent_credentials
+        browser = method in ("GET", "HEAD") and "text/html" in environ.get("HTTP_ACCEPT", "") and not sent_credentials
         if forward and browser:
             return Outcome(302, [("Location", location)], policy, "redirect")
         headers = [("Location", location)]
@@ -159,20 +159,26 @@ class Verifier:
               request_id=environ.get("HTTP_X_REQUEST_ID"))
 
 
-def _original_request(environ: dict[str, Any]) -> tuple[str, str, str, str]:
-    """(scheme, host[:port], path?query, method) of the request the proxy asks about."""
-    original = environ.get("HTTP_X_ORIGINAL_URL")
+def _original_request(environ: dict[str, Any], forward: bool) -> tuple[str, str, str, str]:
+    """(scheme, host[:port], path?query, method) of the request the proxy asks about.
+
+    Each endpoint reads only the headers its proxies set: forward-auth proxies (Caddy) pass every client
+    header along, so a client-sent X-Original-URL must never count there; /api/verify prefers
+    X-Original-URL (nginx sets it) and takes X-Forwarded-* only when it is absent.
+    """
+    original = None if forward else environ.get("HTTP_X_ORIGINAL_URL")
     if original:
         scheme, sep, rest = original.partition("://")
         if not sep or scheme.lower() not in ("http", "https"):
             raise BadRequest("X-Original-URL must be an absolute http(s) URL")
         slash = rest.find("/")
         host, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
-        method = environ.get("HTTP_X_ORIGINAL_METHOD") or environ.get("HTTP_X_FORWARDED_METHOD") or "GET"
+        method = environ.get("HTTP_X_ORIGINAL_METHOD") or "GET"
     else:
         host = environ.get("HTTP_X_FORWARDED_HOST", "")
         if not host:
-            raise BadRequest("missing X-Original-URL, or X-Forwarded-Proto/Host/Uri")
+            raise BadRequest("missing X-Forwarded-Proto/Host/Uri" if forward
+                             else "missing X-Original-URL, or X-Forwarded-Proto/Host/Uri")
         scheme = environ.get("HTTP_X_FORWARDED_PROTO") or "https"
         path = environ.get("HTTP_X_FORWARDED_URI") or "/"
         method = environ.get("HTTP_X_FORWARDED_METHOD") or "GET"
@@ -191,11 +197,6 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host[1:host.index("]")]
     return host.partition(":")[0].rstrip(".")
-
-
-def _is_browser(environ: dict[str, Any]) -> bool:
-    method = (environ.get("HTTP_X_ORIGINAL_METHOD") or environ.get("HTTP_X_FORWARDED_METHOD") or "GET").upper()
-    return method in ("GET", "HEAD") and "text/html" in environ.get("HTTP_ACCEPT", "")
 
 
 _STATUS_LINES = {200: "200 OK", 302: "302 Found", 401: "401 Unauthorized", 403: "403 Forbidden"}

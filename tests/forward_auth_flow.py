@@ -8,6 +8,7 @@ through).
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -55,6 +56,16 @@ def portal_behind_proxy(directory: Path, portal_url: str) -> PortalSetup:
         "server": {"portal_url": portal_url},
         "access_control": {"rules": [OPEN_HEALTH_RULE, *SEED_RULES]},
     })
+
+
+#: A client pretending to come from elsewhere (per-IP login bans, audit log).
+FORGED_ADDRESS = {"X-Forwarded-For": "198.51.100.9", "X_Forwarded_For": "198.51.100.9", "X-Real-IP": "198.51.100.9"}
+
+
+def audit_events(setup: PortalSetup, event: str) -> list[dict]:
+    """The portal's audit records of one kind (log.audit_file, JSON lines), oldest first."""
+    lines = (setup.directory / "audit.log").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record.get("event") == event]
 
 
 def reached(upstream: Upstream, path: str) -> list[RecordedRequest]:

@@ -18,10 +18,12 @@ import requests
 
 from tests.forward_auth_flow import (
     BROWSER,
+    FORGED_ADDRESS,
     FORGED_IDENTITY,
     SCRIPT,
     assert_identity,
     assert_no_identity,
+    audit_events,
     basic,
     logged_in,
     portal_behind_proxy,
@@ -60,8 +62,8 @@ def listen_port() -> int:
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, listen_port) -> Iterator[ServedPortal]:
-    with ServedPortal(portal_behind_proxy(tmp_path_factory.mktemp("haproxy-portal"),
-                                                f"http://auth.example.test:{listen_port}")) as served:
+    setup = portal_behind_proxy(tmp_path_factory.mktemp("haproxy-portal"), f"http://auth.example.test:{listen_port}")
+    with ServedPortal(setup) as served:
         yield served
 
 
@@ -143,6 +145,17 @@ def test_carol_without_group_is_forbidden(app, auth, upstream):
     answer = carol.get(f"{app}/prometheus/graph?who=carol", allow_redirects=False, timeout=5)
     assert answer.status_code == 403
     assert reached(upstream, "/prometheus/graph?who=carol") == []
+
+
+def test_audit_log_has_the_real_client_address(app, auth, portal):
+    """Login (through the portal host) and denial (through the check) are logged with the peer's address."""
+    carol = requests.Session()
+    carol.headers.update({**BROWSER, **FORGED_ADDRESS})
+    assert login(carol, auth, "carol").status_code == 302
+    assert carol.get(f"{app}/prometheus/graph?audit=haproxy", allow_redirects=False, timeout=5).status_code == 403
+    logged_in_event = [e for e in audit_events(portal.setup, "login_success") if e["user"] == "carol"][-1]
+    [denied] = [e for e in audit_events(portal.setup, "access_denied") if e["url"].endswith("?audit=haproxy")]
+    assert logged_in_event["ip"] == denied["ip"] == "127.0.0.1"
 
 
 def test_method_reaches_the_rules(app, bob, upstream):

@@ -229,9 +229,6 @@ def test_allow_listed_request_headers_keep_smuggled_urls_from_the_portal(portal,
     assert_no_identity(answer)
 
 
-@pytest.mark.xfail(strict=True, reason="authportal bug: /api/forward-auth reads a client-sent X-Original-URL "
-                                       "before the proxy's X-Forwarded-*; Traefik without authRequestHeaders "
-                                       "and Caddy pass it on (examples strip it)")
 @pytest.mark.parametrize("smuggled", smuggled_urls(APP_HOST)[:2], ids=lambda headers: "+".join(headers))
 def test_forward_auth_ignores_x_original_url(portal, smuggled):
     """Traefik's default copies every client header: the portal itself must not believe X-Original-*."""

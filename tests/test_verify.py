@@ -301,3 +301,13 @@ def test_an_exception_on_the_verify_path_denies(app, client, caplog):
     response = verify(client)
     assert response.status_code == 401 and "Remote-User" not in response.headers
     assert "verify failed; denying" in caplog.text
+
+
+def test_forward_auth_never_believes_a_client_sent_x_original_url(client):
+    """Caddy and Traefik pass client headers to the auth endpoint: X-Original-* must not count there."""
+    smuggled = forward_auth(client, uri="/prometheus/graph", Accept="*/*",
+                            **{"X-Original-URL": "http://app.example.test/public/x", "X-Original-Method": "GET"})
+    assert smuggled.status_code == 401 and "Remote-User" not in smuggled.headers
+    method_smuggled = forward_auth(client, uri="/prometheus/graph", method="POST", Accept="text/html",
+                                   **{"X-Original-Method": "GET"})
+    assert method_smuggled.status_code == 401  # a POST: no redirect, whatever X-Original-Method says
