@@ -20,12 +20,13 @@ from .authentication import BackendUnavailable, UserProvider
 from .authentication.users_file import UsersFileProvider, open_users_file
 from .authorization import AccessRules
 from .config import Config
+from .health import Readiness
 from .machine_auth import CredentialCache, MachineAuthenticator
 from .metrics import Metrics
 from .passwords import PasswordHasher
 from .proxies import TrustedProxies
 from .refresh import DetailsRefresher
-from .regulation import Regulator
+from .regulation import FirstFactorTimer, Regulator
 from .secretbox import SecretBox
 from .sessions import SessionStore, open_session_store
 from .storage import Storage
@@ -55,6 +56,8 @@ class Portal:
     refresher: DetailsRefresher
     #: Admits password checks while at least 2 request threads stay free for verifies.
     login_gate: threading.BoundedSemaphore
+    first_factor_timer: FirstFactorTimer
+    readiness: Readiness
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -82,6 +85,15 @@ def build_regulator(config: Config) -> Regulator:
     if redis.password is not None:
         options["password"] = redis.password.get_secret_value()
     return Regulator(config.regulation, redis.url, **options)
+
+
+def build_readiness(config: Config, provider: UserProvider, storage: Storage, sessions: SessionStore,
+                    metrics: Metrics) -> Readiness:
+    probes = {"users_file" if config.authentication.backend == "file" else "ldap": provider.health,
+              "storage": storage.health}
+    if config.session.redis is not None:
+        probes["redis"] = sessions.backend.health
+    return Readiness(probes, on_down=lambda name: metrics.backend_errors.labels(name).inc())
 
 
 def build_portal(config: Config) -> Portal:
@@ -116,6 +128,8 @@ def build_portal(config: Config) -> Portal:
         totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
         credentials=credentials, token_credentials=token_credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
         refresher=refresher, login_gate=threading.BoundedSemaphore(config.server.threads - 2),
+        first_factor_timer=FirstFactorTimer(config.regulation.minimum_delay),
+        readiness=build_readiness(config, provider, storage, sessions, metrics),
     )
     portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
     return portal

@@ -1,13 +1,11 @@
 """Login (password, then TOTP when needed), logout and the portal's home page."""
 from __future__ import annotations
 
-import random
-import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
 
 from ..audit import audit
 from ..authentication import BackendUnavailable
@@ -32,35 +30,6 @@ bp = Blueprint("login", __name__)
 BAD_CREDENTIALS = "Incorrect username or password."
 BAD_CODE = "Incorrect or already used code."
 UNAVAILABLE = "The login service is unavailable right now. Please try again in a moment."
-
-
-class FirstFactorTimer:
-    """Makes every password check take about as long as a successful one (plus jitter), like Authelia.
-
-    The target is the larger of `minimum_delay` and the running average of real checks.
-    """
-
-    def __init__(self, minimum: float):
-        self.minimum = minimum
-        self._average = minimum
-        self._lock = threading.Lock()
-
-    def pad(self, started: float, measured: float | None) -> None:
-        if measured is not None:
-            with self._lock:
-                self._average = 0.9 * self._average + 0.1 * measured
-        target = max(self.minimum, self._average) + random.uniform(0, 0.05)
-        remaining = target - (time.perf_counter() - started)
-        if remaining > 0:
-            time.sleep(remaining)
-
-
-_timers: dict[int, FirstFactorTimer] = {}
-
-
-def _timer() -> FirstFactorTimer:
-    portal = current_portal()
-    return _timers.setdefault(id(portal), FirstFactorTimer(portal.config.regulation.minimum_delay))
 
 
 def target_url() -> str | None:
@@ -114,8 +83,6 @@ def index() -> Response:
     session = current_session()
     url = target_url()
     if session is None:
-        from flask import g
-
         if g.get("store_down"):
             return _login_page(UNAVAILABLE, 503)
         return _login_page()
@@ -155,15 +122,15 @@ def login() -> Response:
         portal.metrics.logins.labels("backend_error").inc()
         portal.metrics.backend_errors.labels(_backend_name(exc)).inc()
         audit("login_failure", user=username, ip=client_ip, reason="backend unavailable")
-        _timer().pad(started, None)
+        portal.first_factor_timer.pad(started, None)
         return _login_page(UNAVAILABLE, 503, username)
     portal.metrics.logins.labels(result).inc()
     if details is None:
         audit("login_failure", user=username, ip=client_ip, reason=result)
-        _timer().pad(started, measured)
+        portal.first_factor_timer.pad(started, measured)
         portal.metrics.login_latency.observe(time.perf_counter() - started)
         return _login_page(BAD_CREDENTIALS, 401, username)
-    _timer().pad(started, measured)
+    portal.first_factor_timer.pad(started, measured)
     portal.metrics.login_latency.observe(time.perf_counter() - started)
 
     old = session_id()
