@@ -145,7 +145,8 @@ class PortalApp:
         self.prefix = urlsplit(portal.config.portal_url).path.rstrip("/")
         self.verifier = Verifier(
             portal.config, portal.sessions, portal.rules,
-            MachineAuthenticator(portal.provider, portal.tokens, portal.credentials, portal.token_credentials),
+            MachineAuthenticator(portal.provider, portal.tokens, portal.credentials, portal.token_credentials,
+                                 portal.regulator, portal.metrics),
             portal.metrics, portal.refresher, portal.proxies,
         )
 

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -80,28 +81,41 @@ class Model(BaseModel):
 
 
 class SecretsMixin(Model):
-    """Lets every secret field `X` be given as `X_file` (Docker/Kubernetes secrets)."""
+    """A model whose secret fields `X` may also be given as `X_file` (Docker/Kubernetes secrets).
+
+    The files are read before validation by `_read_secret_files`, which walks the raw document
+    along the schema, so every unreadable file is reported with its key path, together with the rest.
+    """
 
     _secret_fields: ClassVar[tuple[str, ...]] = ()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _read_secret_files(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for name in cls._secret_fields:
-            file_key = f"{name}_file"
-            if file_key not in data:
-                continue
-            if data.get(name) not in (None, ""):
-                raise ValueError(f"set either {name} or {file_key}, not both")
-            path = Path(str(data.pop(file_key)))
-            try:
-                data[name] = path.read_text().rstrip("\r\n")
-            except OSError as exc:
-                raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror}") from None
-        return data
+
+def _nested_models(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _nested_models(arg)]
+
+
+def _read_secret_files(raw: Any, model: type[BaseModel], path: str, problems: list[str], failed: set[str]) -> None:
+    """Replace `X_file: PATH` by `X: <content>` in `raw`, in place; problems name their key path."""
+    if not isinstance(raw, dict):
+        return
+    for name in getattr(model, "_secret_fields", ()):
+        file_key = f"{name}_file"
+        if file_key not in raw:
+            continue
+        secret_path = Path(str(raw.pop(file_key)))
+        if raw.get(name) not in (None, ""):
+            problems.append(f"{path}{file_key}: set either {name} or {file_key}, not both")
+            continue
+        try:
+            raw[name] = secret_path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            problems.append(f"{path}{file_key}: cannot read {secret_path}: {exc.strerror}")
+            failed.add(f"{path}{name}")
+    for field_name, field in model.model_fields.items():
+        for nested in _nested_models(field.annotation):
+            _read_secret_files(raw.get(field_name), nested, f"{path}{field_name}.", problems, failed)
 
 
 def _host_port(value: str) -> str:
@@ -528,10 +542,13 @@ def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): the configuration must be a mapping of keys"])
     problems = _apply_env(raw, dict(os.environ) if environ is None else environ)
+    unreadable: set[str] = set()
+    _read_secret_files(raw, Config, "", problems, unreadable)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(problems + _format_errors(exc)) from None
+        errors = [e for e in _format_errors(exc) if e.split(":", 1)[0] not in unreadable]
+        raise ConfigError(problems + errors) from None
     if problems:
         raise ConfigError(problems)
     return config

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -19,8 +20,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .authentication import UserProvider
+from .audit import audit
+from .authentication import BackendUnavailable, UserProvider
 from .identity import ONE_FACTOR, Identity
+from .metrics import Metrics
+from .regulation import RegulationUnavailable, Regulator
+from .storage import StorageUnavailable
+
+log = logging.getLogger("authportal.machine_auth")
 
 
 class CredentialCache:
@@ -106,28 +113,60 @@ def parse_bearer(header: str) -> str | None:
 
 
 class MachineAuthenticator:
-    """Turns an Authorization header into an Identity (or None), cheaply for repeat callers."""
+    """Turns an Authorization header into an Identity (or None), cheaply for repeat callers.
 
-    def __init__(self, provider: UserProvider, tokens: Any, cache: CredentialCache, token_cache: CredentialCache):
+    Checks that reach the backend (a cache miss) are regulated like the login form: a banned user or
+    client IP is refused without a check, and each failure counts towards a ban, is counted in
+    `authportal_logins_total` and audited. A cached success is not re-checked for bans until it lapses
+    (`credentials_cache_ttl`).
+    """
+
+    def __init__(self, provider: UserProvider, tokens: Any, cache: CredentialCache, token_cache: CredentialCache,
+                 regulator: Regulator, metrics: Metrics):
         self.provider = provider
         self.tokens = tokens
         self.cache = cache
         self.token_cache = token_cache
+        self.regulator = regulator
+        self.metrics = metrics
 
-    def authenticate(self, header: str) -> Identity | None:
+    def authenticate(self, header: str, client_ip: str) -> Identity | None:
         if header[:6].lower() == "basic ":
             credentials = parse_basic(header)
             if credentials is None:
                 return None
             user, password = credentials
             return self.cache.remembered(self.cache.key("basic", user, password),
-                                         lambda: self._check_password(user, password))
+                                         lambda: self._regulated(user, client_ip,
+                                                                 lambda: self._check_password(user, password)))
         token = parse_bearer(header)
         if token is None or self.tokens is None:
             return None
         # Tokens are re-checked against storage once the short token cache (session.cache_ttl) lapses,
         # so a revocation from the CLI or another instance holds within that bound.
-        return self.token_cache.remembered(self.token_cache.key("bearer", token), lambda: self._check_token(token))
+        return self.token_cache.remembered(self.token_cache.key("bearer", token),
+                                           lambda: self._regulated(None, client_ip, lambda: self._check_token(token)))
+
+    def _regulated(self, user: str | None, client_ip: str, check: Callable[[], Identity | None]) -> Identity | None:
+        """Run `check` unless banned; count and audit its failure. `user` None: a token (the IP alone counts)."""
+        via = "basic" if user is not None else "token"
+        try:
+            if self.regulator.is_banned(user, client_ip):
+                result, identity = "banned", None
+            else:
+                identity = check()
+                result = "success" if identity else "bad_credentials"
+                if identity is None:
+                    for kind in self.regulator.record_failure(user, client_ip):
+                        self.metrics.bans.labels(kind).inc()
+        except (BackendUnavailable, RegulationUnavailable, StorageUnavailable) as exc:
+            log.warning("%s check failed, denying: %s", via, exc)
+            self.metrics.logins.labels("backend_error").inc()
+            return None
+        if identity is None:  # successes are not logins: a scraper re-checks each time its cache entry lapses
+            self.metrics.logins.labels(result).inc()
+            audit("login_failure", user=user, ip=client_ip, reason=result, via=via)
+        return identity
 
     def _check_password(self, user: str, password: str) -> Identity | None:
         details = self.provider.check_password(user, password)

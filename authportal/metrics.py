@@ -38,8 +38,13 @@ class Metrics:
         # Set from the main process' tally at each worker start (workers are respawned on reload): a gauge.
         self.reloads = Gauge("authportal_config_reloads", "Configuration reloads (SIGHUP) since start, by result",
                              ["result"], registry=r, multiprocess_mode="max")
+        # Series exist from the start (at 0), so increase() sees the first event after a restart.
         for result in LOGIN_RESULTS:
             self.logins.labels(result)
+        for kind in ("user", "ip"):
+            self.bans.labels(kind)
+        for backend in ("users_file", "ldap", "redis", "storage"):
+            self.backend_errors.labels(backend)
         self._verify_children: dict[tuple[str, str], Counter] = {}
 
     def verify_done(self, result: str, policy: str, started: float) -> None:

@@ -37,19 +37,20 @@ class Regulator:
                              if config.ip_max_retries else None)
         self._ban = RateLimitItemPerSecond(1, max(1, int(config.ban_time)), namespace="ap-ban")
 
-    def is_banned(self, username: str, client_ip: str) -> bool:
+    def is_banned(self, username: str | None, client_ip: str) -> bool:
+        """Whether the user (None: no user, e.g. an API token) or the client IP is banned."""
         try:
-            if not self._limiter.test(self._ban, "user", username.lower()):
+            if username is not None and not self._limiter.test(self._ban, "user", username.lower()):
                 return True
             return self._ip_failures is not None and not self._limiter.test(self._ban, "ip", client_ip)
         except Exception as exc:  # the storage's own errors (redis) vary by backend
             raise RegulationUnavailable(str(exc)) from exc
 
-    def record_failure(self, username: str, client_ip: str) -> list[str]:
-        """Count one failure; returns the bans it imposed (`user`, `ip`)."""
+    def record_failure(self, username: str | None, client_ip: str) -> list[str]:
+        """Count one failure (against the IP only when `username` is None); returns the bans imposed."""
         imposed = []
         try:
-            checks = [("user", username.lower(), self._user_failures)]
+            checks = [] if username is None else [("user", username.lower(), self._user_failures)]
             if self._ip_failures is not None:
                 checks.append(("ip", client_ip, self._ip_failures))
             for kind, key, limit in checks:

@@ -56,6 +56,7 @@ class Verifier:
         self.portal_url = config.portal_url
         self.basic_default = config.authentication.basic_auth
         self.www_authenticate = f'Basic realm="{config.authentication.basic_auth_realm}"'
+        self.bearer_challenge = f'Bearer realm="{config.authentication.basic_auth_realm}", error="invalid_token"'
         self.proxies = proxies
         self._cookie_re = re.compile(r"(?:^|[;,]\s*)" + re.escape(config.session.cookie_name) + r"=([A-Za-z0-9_\-]{43})(?![^;,\s])")
 
@@ -105,7 +106,7 @@ class Verifier:
                                      identity.groups if identity else frozenset())
         basic_allowed = self.basic_default if decision.basic_auth is None else decision.basic_auth
         if machine_header is not None and basic_allowed and decision.policy not in ("bypass", "deny"):
-            identity = self.machines.authenticate(machine_header)
+            identity = self.machines.authenticate(machine_header, client_ip)
             if identity is not None:
                 decision = self.rules.decide(hostname, path, method, client_ip, identity.user, identity.groups)
         policy = decision.policy
@@ -148,7 +149,9 @@ class Verifier:
         if forward and browser:
             return Outcome(302, [("Location", location)], policy, "redirect")
         headers = [("Location", location)]
-        if basic_allowed and not browser:
+        if sent_credentials and environ.get("HTTP_AUTHORIZATION", "")[:7].lower() == "bearer ":
+            headers.append(("WWW-Authenticate", self.bearer_challenge))  # RFC 6750: the token was refused
+        elif basic_allowed and not browser:
             headers.append(("WWW-Authenticate", self.www_authenticate))
         return Outcome(401, headers, policy, "unauthorized")
 

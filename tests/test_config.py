@@ -160,7 +160,7 @@ def test_every_config_key_is_documented():
 
     from pydantic import BaseModel
 
-    from authportal.config import Config
+    from authportal.config import Config, _nested_models
 
     readme = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     missing = []
@@ -171,24 +171,11 @@ def test_every_config_key_is_documented():
             if f"`{path}`" not in readme:
                 missing.append(path)
             is_list = typing.get_origin(field.annotation) is list
-            for candidate in _models(field.annotation):
+            for candidate in _nested_models(field.annotation):
                 walk(candidate, path + ("[]." if is_list else "."))
 
     walk(Config, "")
     assert not missing, f"undocumented keys: {missing}"
-
-
-def _models(annotation):
-    import typing
-
-    from pydantic import BaseModel
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found = []
-    for arg in typing.get_args(annotation):
-        found += _models(arg)
-    return found
 
 
 def test_bad_ldap_filter_is_a_config_error(portal_setup):
@@ -196,3 +183,16 @@ def test_bad_ldap_filter_is_a_config_error(portal_setup):
         "url": "ldap://127.0.0.1:1", "base_dn": "dc=example,dc=com", "users_filter": "(uid={input}"}})
     code, output = check(portal_setup.config_path)
     assert code == 2 and "authentication.ldap.users_filter" in output and "unbalanced parentheses" in output
+
+
+def test_unreadable_secret_file_names_its_key(portal_setup, tmp_path):
+    document = portal_setup.document()
+    del document["secret_key"]
+    document["secret_key_file"] = str(tmp_path / "missing-secret")
+    document["authentication"] = {"backend": "ldap", "ldap": {
+        "url": "ldap://127.0.0.1:1", "base_dn": "dc=x", "user": "cn=svc", "password_file": str(tmp_path / "nope")}}
+    portal_setup.config_path.write_text(yaml.safe_dump(document))
+    code, output = check(portal_setup.config_path)
+    assert code == 2
+    assert "secret_key_file: cannot read" in output and "(top level)" not in output
+    assert "authentication.ldap.password_file: cannot read" in output

@@ -311,3 +311,54 @@ def test_forward_auth_never_believes_a_client_sent_x_original_url(client):
     method_smuggled = forward_auth(client, uri="/prometheus/graph", method="POST", Accept="text/html",
                                    **{"X-Original-Method": "GET"})
     assert method_smuggled.status_code == 401  # a POST: no redirect, whatever X-Original-Method says
+
+
+def regulated_app(portal_setup):
+    from authportal.app import create_app
+    from authportal.config import load_config
+
+    portal_setup.write(regulation={"max_retries": 3, "ip_max_retries": 0})
+    return create_app(load_config(portal_setup.config_path))
+
+
+def test_basic_guessing_is_regulated_like_the_login_form(portal_setup, caplog):
+    caplog.set_level("INFO", logger="authportal.audit")
+    app = regulated_app(portal_setup)
+    try:
+        client = ProxiedClient(app)
+        for guess in range(3):
+            assert verify(client, Authorization=basic("bob", f"guess-{guess}")).status_code == 401
+        # banned now: the right password is refused too, without a check, and it is audited
+        checks = []
+        real = app.portal.provider.check_password
+        app.portal.provider.check_password = lambda u, p: checks.append(u) or real(u, p)
+        assert verify(client, Authorization=basic("bob")).status_code == 401
+        assert checks == []
+        events = [r.audit for r in caplog.records if getattr(r, "audit", None)]
+        assert [e["reason"] for e in events if e["event"] == "login_failure"] == ["bad_credentials"] * 3 + ["banned"]
+        assert any(e["event"] == "ban" and e["user"] == "bob" for e in events)
+        assert all(e.get("via") == "basic" for e in events if e["event"] == "login_failure")
+        exposition = app.portal.metrics.exposition().decode()
+        assert 'authportal_logins_total{result="bad_credentials"} 3.0' in exposition
+        assert 'authportal_bans_total{kind="user"} 1.0' in exposition
+    finally:
+        app.close()
+
+
+def test_a_ban_from_the_login_form_also_refuses_basic(portal_setup):
+    app = regulated_app(portal_setup)
+    try:
+        client = ProxiedClient(app)
+        for _ in range(3):
+            assert post_login(client, "carol", "wrong").status_code == 401
+        assert verify(client, "http://app.example.test/public/x").status_code == 200
+        machine = verify(client, Authorization=basic("carol"))
+        assert machine.status_code == 401
+    finally:
+        app.close()
+
+
+def test_refused_tokens_get_a_bearer_challenge(client):
+    response = verify(client, Authorization="Bearer ap_" + "y" * 43)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="authportal", error="invalid_token"'
