@@ -3,9 +3,10 @@
 # Services never start by themselves here: the tests start their own copies on loopback.
 set -euo pipefail
 # libnginx-mod-http-ndk + -set-misc: set_escape_uri, as ingress-nginx uses (examples/nginx/ingress-nginx/).
+# systemd: only for `systemd-analyze verify/security` on examples/systemd/ (nothing starts it); curl: examples/machine-clients/curl.md.
 packages=(nginx libnginx-mod-http-ndk libnginx-mod-http-set-misc redis-server slapd ldap-utils samba samba-ad-dc samba-ad-provision winbind krb5-user
           haproxy caddy prometheus prometheus-alertmanager chromium chromium-driver postgresql
-          wrk socat iproute2 apache2-utils)
+          wrk socat iproute2 apache2-utils curl systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
