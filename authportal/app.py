@@ -146,7 +146,8 @@ class PortalApp:
         self.verifier = Verifier(
             portal.config, portal.sessions, portal.rules,
             MachineAuthenticator(portal.provider, portal.tokens, portal.credentials, portal.token_credentials,
-                                 portal.regulator, portal.metrics),
+                                 portal.regulator, portal.metrics,
+                                 portal.config.authentication.backend),
             portal.metrics, portal.refresher, portal.proxies,
         )
 

@@ -122,8 +122,10 @@ class MachineAuthenticator:
     """
 
     def __init__(self, provider: UserProvider, tokens: Any, cache: CredentialCache, token_cache: CredentialCache,
-                 regulator: Regulator, metrics: Metrics):
+                 regulator: Regulator, metrics: Metrics, backend: str):
+        """`backend`: authentication.backend (file or ldap), for metrics."""
         self.provider = provider
+        self.backend = backend
         self.tokens = tokens
         self.cache = cache
         self.token_cache = token_cache
@@ -162,6 +164,8 @@ class MachineAuthenticator:
         except (BackendUnavailable, RegulationUnavailable, StorageUnavailable) as exc:
             log.warning("%s check failed, denying: %s", via, exc)
             self.metrics.logins.labels("backend_error").inc()
+            self.metrics.backend_failed(exc, self.backend)
+            audit("login_failure", user=user, ip=client_ip, reason="backend unavailable", via=via)
             return None
         if identity is None:  # successes are not logins: a scraper re-checks each time its cache entry lapses
             self.metrics.logins.labels(result).inc()

@@ -47,6 +47,19 @@ class Metrics:
             self.backend_errors.labels(backend)
         self._verify_children: dict[tuple[str, str], Counter] = {}
 
+    def backend_failed(self, exc: Exception, auth_backend: str) -> None:
+        """Count a failure of the backend `exc` came from (the auth backend unless storage or Redis)."""
+        from .regulation import RegulationUnavailable
+        from .storage import StorageUnavailable
+
+        if isinstance(exc, RegulationUnavailable):
+            backend = "redis"
+        elif isinstance(exc, StorageUnavailable):
+            backend = "storage"
+        else:
+            backend = "users_file" if auth_backend == "file" else auth_backend
+        self.backend_errors.labels(backend).inc()
+
     def verify_done(self, result: str, policy: str, started: float) -> None:
         child = self._verify_children.get((result, policy))
         if child is None:

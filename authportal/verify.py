@@ -117,12 +117,12 @@ class Verifier:
             self._audit_denied(identity, client_ip, url, method, decision.rule, environ)
             return Outcome(403, [], policy, "forbidden")
         if identity is None:
-            return self._unauthorized(url, forward, basic_allowed, environ, method, policy, machine_header is not None)
+            return self._unauthorized(url, forward, basic_allowed, environ, method, policy, machine_header)
         if policy == "two_factor" and identity.level < TWO_FACTOR:
             if machine_header is not None:  # a script cannot answer a TOTP prompt
                 self._audit_denied(identity, client_ip, url, method, decision.rule, environ, "second factor required")
                 return Outcome(403, [], policy, "forbidden")
-            return self._unauthorized(url, forward, False, environ, method, policy, False)
+            return self._unauthorized(url, forward, False, environ, method, policy, None)
         return Outcome(200, list(identity.headers), policy, "allowed")
 
     def _session_identity(self, environ: dict[str, Any]) -> Identity | None:
@@ -143,13 +143,13 @@ class Verifier:
         return Identity.from_session(data) if data else None
 
     def _unauthorized(self, url: str, forward: bool, basic_allowed: bool, environ: dict[str, Any], method: str,
-                      policy: str, sent_credentials: bool) -> Outcome:
+                      policy: str, credentials: str | None) -> Outcome:
         location = f"{self.portal_url}/?rd={quote(url, safe='')}"
-        browser = method in ("GET", "HEAD") and "text/html" in environ.get("HTTP_ACCEPT", "") and not sent_credentials
+        browser = method in ("GET", "HEAD") and "text/html" in environ.get("HTTP_ACCEPT", "") and credentials is None
         if forward and browser:
             return Outcome(302, [("Location", location)], policy, "redirect")
         headers = [("Location", location)]
-        if sent_credentials and environ.get("HTTP_AUTHORIZATION", "")[:7].lower() == "bearer ":
+        if credentials is not None and credentials[:7].lower() == "bearer ":
             headers.append(("WWW-Authenticate", self.bearer_challenge))  # RFC 6750: the token was refused
         elif basic_allowed and not browser:
             headers.append(("WWW-Authenticate", self.www_authenticate))

@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.portal import USERS
+from tests.portal import USERS, login
 from tests.servers import free_port, require_binary, wait_until
 from tests.servers.process import REPO, render
 from tests.servers.prometheus import Alertmanager, Prometheus
@@ -37,6 +38,19 @@ EXAMPLES = REPO / "examples" / "machine-clients"
 #: A service user for Grafana, added to the test's users file (group monitoring may read both apps).
 GRAFANA_USER = {"password": "grafana-Secret-5", "displayname": "Grafana", "email": "grafana@example.test",
                 "groups": ["monitoring"]}
+#: Users the ban test locks out (each its own, so that no other test meets their bans).
+BANNED_USERS = {
+    "erin": {"password": "erin-Secret-6", "displayname": "Erin", "email": "erin@example.test", "groups": ["monitoring"]},
+    "frank": {"password": "frank-Secret-7", "displayname": "Frank", "email": "frank@example.test",
+              "groups": ["monitoring"]},
+}
+#: regulation.max_retries for the stack: low, so that the ban test spends few of the client IP's
+#: ip_max_retries (20): every test's requests come from 127.0.0.1, and a banned IP would fail them all.
+#: bob's own wrong passwords (one in test_basic_and_token_requests_through_nginx, one in curl.md) stay below it.
+MAX_RETRIES = 3
+#: What the portal answers a refused token with (RFC 6750), and wrong Basic credentials with.
+BEARER_CHALLENGE = 'Bearer realm="authportal", error="invalid_token"'
+BASIC_CHALLENGE = 'Basic realm="authportal"'
 
 
 # -- the stack and the CLI ---------------------------------------------------------------------------------------
@@ -48,11 +62,16 @@ def stack(tmp_path_factory, upstream) -> Iterator[NginxStack]:
     with Alertmanager(f"http://app.example.test:{port}/alertmanager/") as alertmanager:
         with nginx_stack("seed-layout", tmp_path_factory.mktemp("machine-clients"), {
                 "PROMETHEUS": stub, "ALERTMANAGER": f"127.0.0.1:{alertmanager.port}", "PUBLIC": stub},
-                port=port) as started:
-            started.portal.setup.write_users({**USERS, "grafana": GRAFANA_USER})
+                portal_overrides={"regulation": {"max_retries": MAX_RETRIES}}, port=port) as started:
+            users = {**USERS, "grafana": GRAFANA_USER, **BANNED_USERS}
+            started.portal.setup.write_users(users)
+            # Wait for the portal's own word that it re-read the file, not by polling with grafana's password:
+            # every refused Basic check counts towards a ban (regulation), so polling would ban grafana.
+            reloaded = f"users file reloaded: {started.portal.setup.users_path} ({len(users)} users)"
+            wait_until(lambda: reloaded in started.portal.logs(), what="users file re-read")
             probe = app(started, "/prometheus/users-file-reloaded")
-            wait_until(lambda: requests.get(probe, auth=("grafana", GRAFANA_USER["password"]), allow_redirects=False,
-                                            timeout=5).status_code == 200, what="users file re-read")
+            assert requests.get(probe, auth=("grafana", GRAFANA_USER["password"]), allow_redirects=False,
+                                timeout=5).status_code == 200
             yield started
 
 
@@ -150,6 +169,7 @@ def test_prometheus_scrapes_the_protected_alertmanager_with_a_token_until_it_is_
     refused = requests.get(app(stack, "/alertmanager/metrics"), headers={"Authorization": f"Bearer {printed.strip()}"},
                            allow_redirects=False, timeout=10)
     assert refused.status_code == 401 and "Location" not in refused.headers
+    assert refused.headers["WWW-Authenticate"] == BEARER_CHALLENGE
 
 
 # -- what curl does, request by request ----------------------------------------------------------------------------
@@ -164,8 +184,7 @@ def test_basic_and_token_requests_through_nginx(stack, upstream):
 
     wrong = requests.get(app(stack, base + "wrong"), auth=("bob", "wrong"), allow_redirects=False, timeout=10)
     assert wrong.status_code == 401 and "Location" not in wrong.headers
-    assert wrong.headers["WWW-Authenticate"].startswith("Basic ") and 'realm="authportal"' in wrong.headers[
-        "WWW-Authenticate"]
+    assert wrong.headers["WWW-Authenticate"] == BASIC_CHALLENGE
     assert reached(upstream, base + "wrong") == []
 
     printed, token_id = create_token(stack, "bob", "curl")
@@ -180,12 +199,14 @@ def test_basic_and_token_requests_through_nginx(stack, upstream):
     unknown = requests.get(app(stack, base + "unknown"), headers={"Authorization": "Bearer ap_" + "A" * 43},
                            allow_redirects=False, timeout=10)
     assert unknown.status_code == 401 and "Location" not in unknown.headers
+    assert unknown.headers["WWW-Authenticate"] == BEARER_CHALLENGE  # a refused token: not a Basic prompt
     revoke_token(stack, token_id)
     # Until the portal's token cache (session.cache_ttl, 1 s) lapses the token may still pass; then never.
     wait_until(lambda: requests.get(app(stack, base + "revoking"), headers=bearer, allow_redirects=False,
                                     timeout=10).status_code == 401, timeout=5, what="revoked token refused")
     revoked = requests.get(app(stack, base + "revoked"), headers=bearer, allow_redirects=False, timeout=10)
     assert revoked.status_code == 401 and "Location" not in revoked.headers
+    assert revoked.headers["WWW-Authenticate"] == BEARER_CHALLENGE
 
     # Authenticated, but the rules say no (carol is not in monitoring): 403, not a login prompt.
     carol = requests.get(app(stack, base + "carol"), auth=("carol", USERS["carol"]["password"]),
@@ -195,6 +216,52 @@ def test_basic_and_token_requests_through_nginx(stack, upstream):
     anonymous = requests.get(app(stack, base + "anonymous"), allow_redirects=False, timeout=10)
     assert anonymous.status_code == 302 and anonymous.headers["Location"].startswith(stack.portal_base + "/?rd=")
     assert all(reached(upstream, base + name) == [] for name in ("unknown", "revoked", "anonymous"))
+
+
+def metric(stack: NginxStack, name: str, **labels: str) -> float:
+    """One sample of the portal's own /metrics (read directly, not through nginx)."""
+    text = requests.get(stack.portal.url + "/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_wrong_guesses_ban_the_user_like_the_login_form(stack, upstream):
+    """Basic checks are regulated like the login form, and share its bans.
+
+    max_retries wrong passwords by Basic ban the user: the right password is then refused without a check,
+    by Basic and by the form; a ban earned at the form refuses Basic too. (Neither user had a cached success:
+    one would pass until credentials_cache_ttl lapses.)
+    """
+    base = "/prometheus/api/v1/query?query=up&client="
+    failures, bans = (metric(stack, "authportal_logins_total", result=r) for r in ("bad_credentials", "banned"))
+    user_bans = metric(stack, "authportal_bans_total", kind="user")
+
+    def basic(user: str, password: str, name: str) -> requests.Response:
+        return requests.get(app(stack, base + name), auth=(user, password), allow_redirects=False, timeout=10)
+
+    for attempt in range(MAX_RETRIES):
+        guess = basic("erin", f"guess-{attempt}", f"erin-guess-{attempt}")
+        assert guess.status_code == 401 and guess.headers["WWW-Authenticate"] == BASIC_CHALLENGE
+    right = basic("erin", BANNED_USERS["erin"]["password"], "erin-banned")
+    assert right.status_code == 401 and "Location" not in right.headers  # banned: not even checked
+    assert right.headers["WWW-Authenticate"] == BASIC_CHALLENGE
+    form = login(requests.Session(), stack.portal_base, "erin", password=BANNED_USERS["erin"]["password"])
+    assert form.status_code == 401, "a ban from Basic guesses also closes the login form"
+
+    for attempt in range(MAX_RETRIES):
+        assert login(requests.Session(), stack.portal_base, "frank", password=f"guess-{attempt}").status_code == 401
+    right = basic("frank", BANNED_USERS["frank"]["password"], "frank-banned")
+    assert right.status_code == 401 and right.headers["WWW-Authenticate"] == BASIC_CHALLENGE
+    assert reached(upstream, base + "erin-banned") == [] and reached(upstream, base + "frank-banned") == []
+
+    # Counted like the form's: each refused Basic check is a failed login, and both bans are there.
+    assert metric(stack, "authportal_logins_total", result="bad_credentials") == failures + 2 * MAX_RETRIES
+    assert metric(stack, "authportal_logins_total", result="banned") == bans + 3  # erin twice, frank by Basic
+    assert metric(stack, "authportal_bans_total", kind="user") == user_bans + 2
+    # ... and audited as the form's are, saying which way the credentials came.
+    audited = [json.loads(line) for line in (stack.portal.setup.directory / "audit.log").read_text().splitlines()]
+    erin = [(e["reason"], e.get("via")) for e in audited if e["event"] == "login_failure" and e.get("user") == "erin"]
+    assert erin == [("bad_credentials", "basic")] * MAX_RETRIES + [("banned", "basic"), ("banned", None)]
 
 
 # -- curl.md, run as written ---------------------------------------------------------------------------------------
@@ -220,7 +287,9 @@ def test_curl_md_commands_work_against_nginx(stack, tmp_path, upstream):
            "AUTHPORTAL_USER": "bob", "AUTHPORTAL_PASSWORD": USERS["bob"]["password"]}
 
     blocks = curl_blocks()
-    assert len(blocks) >= 6 and any("--netrc" in b for b in blocks) and any("Bearer" in b for b in blocks)
+    assert len(blocks) >= 7 and any("--netrc" in b for b in blocks) and any("Bearer" in b for b in blocks)
+    assert any(f"# prints: 401 {BASIC_CHALLENGE}" in b for b in blocks)
+    assert any(f"# prints: 401 {BEARER_CHALLENGE}" in b for b in blocks)  # what a refused token gets
     for block in blocks:
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], env=env, capture_output=True, text=True,
                                 timeout=30)
@@ -291,6 +360,7 @@ def test_grafana_datasources_get_through_as_their_user(stack, upstream):
     wrong = requests.post(app(stack, "/prometheus/api/v1/query"), data={"query": "1+1"},
                           headers={"Authorization": "Bearer ap_" + "B" * 43}, allow_redirects=False, timeout=10)
     assert wrong.status_code == 401 and "Location" not in wrong.headers
+    assert wrong.headers["WWW-Authenticate"] == BEARER_CHALLENGE
 
 
 def test_grafana_secrets_are_not_in_the_file():

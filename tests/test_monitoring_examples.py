@@ -1,7 +1,7 @@
 """examples/monitoring/: the Grafana dashboard, the alerting rules and the scrape snippet, against the real product.
 
 The metric names are not written down here: they come from the `/metrics` of a
-served portal after a login, a failed login, a ban and a few verifies, so a
+served portal after a login, failed logins (form, Basic, token), a ban and a few verifies, so a
 renamed metric in authportal breaks this test, not only a typo in an example.
 promtool (Debian's prometheus package) checks the rules, runs their unit tests
 (examples/monitoring/alerts.test.yml) and checks the dashboard's queries; a real
@@ -56,7 +56,7 @@ def served(tmp_path_factory) -> Iterator[ServedPortal]:
 
 @pytest.fixture(scope="module")
 def exposition(served) -> str:
-    """/metrics after the events the examples graph: logins (good and bad), a ban, verifies (Basic, cookie, none)."""
+    """/metrics after the events the examples graph: logins (good and bad), a ban, verifies (Basic, token, cookie, none)."""
     base = f"http://auth.example.test:{served.setup.port}"  # the portal_url: the session cookie's domain
     http = requests.Session()
     assert login(http, base, "bob").status_code == 302
@@ -70,6 +70,10 @@ def exposition(served) -> str:
         assert basic.status_code == 200
     assert http.get(base + "/api/verify", headers=original, timeout=10).status_code == 200
     assert requests.get(base + "/api/verify", headers=original, timeout=10).status_code == 401
+    # Failed machine checks on the verify path: failed logins too (one wrong Basic password, one unknown token).
+    assert requests.get(base + "/api/verify", headers=original, auth=("bob", "wrong"), timeout=10).status_code == 401
+    assert requests.get(base + "/api/verify", headers={**original, "Authorization": "Bearer ap_" + "C" * 43},
+                        timeout=10).status_code == 401
     answer = requests.get(served.url + "/metrics", timeout=10)
     assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain")
     return answer.text
@@ -96,6 +100,25 @@ def test_the_portal_exposes_what_the_examples_graph(real_names, exposition):
         assert {histogram + s for s in ("_bucket", "_sum", "_count")} <= real_names
     assert 'authportal_bans_total{kind="user"} 1.0' in exposition  # the ban really happened
     assert 'authportal_credentials_cache_lookups_total{result="hit"}' in exposition
+
+
+def test_series_the_alerts_rely_on_exist_from_the_start(exposition):
+    """Ban and backend-error series are there at 0 before their first event: AuthportalBans and
+    AuthportalBackendErrors are plain increase()/rate(), which cannot see a series that appears at 1."""
+    assert 'authportal_bans_total{kind="ip"} 0.0' in exposition  # no IP was banned, the series is there
+    for backend in ("users_file", "ldap", "redis", "storage"):
+        assert f'authportal_backend_errors_total{{backend="{backend}"}} 0.0' in exposition
+    for result in ("success", "bad_credentials", "totp_failed", "banned", "backend_error"):
+        assert f'authportal_logins_total{{result="{result}"}}' in exposition
+
+
+def test_machine_client_failures_are_failed_logins(exposition):
+    """Wrong Basic credentials and unknown tokens on the verify path count as failed logins (as the README
+    says); machine clients' successes do not count as logins."""
+    # bad_credentials: alice and carol twice at the form, bob by Basic, one token; success: bob's form login
+    # only (his two Basic verifies are not logins).
+    assert 'authportal_logins_total{result="bad_credentials"} 5.0' in exposition
+    assert 'authportal_logins_total{result="success"} 1.0' in exposition
 
 
 # -- a small PromQL reader: which metric names does an expression select? -------------------------------------
@@ -363,8 +386,8 @@ def test_a_real_prometheus_scrapes_the_portal_evaluates_the_alerts_and_answers_t
         firing = {rule["name"] for rule in rules if rule["state"] != "inactive"}
         assert "AuthportalDown" not in firing
 
-        # The dashboard's variables find the job and the instance; every query runs; those on series the
-        # portal has (all but backend errors, which never happened) return data.
+        # The dashboard's variables find the job and the instance; every query runs and returns data, even
+        # backend errors, which never happened (their series exist at 0 from the start).
         assert "authportal" in prometheus.api("label/job/values", **{"match[]": "authportal_logins_total"})
         empty = []
         for where, expr in dashboard_queries(dashboard).items():
@@ -373,4 +396,4 @@ def test_a_real_prometheus_scrapes_the_portal_evaluates_the_alerts_and_answers_t
             result = prometheus.api("query", query=grafana_substituted(expr))["result"]
             if not result:
                 empty.append(where)
-        assert all("Backend errors" in where for where in empty), f"queries without data: {empty}"
+        assert not empty, f"queries without data: {empty}"

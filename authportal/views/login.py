@@ -120,7 +120,7 @@ def login() -> Response:
                 portal.regulator.record_success(username)
     except (BackendUnavailable, RegulationUnavailable) as exc:
         portal.metrics.logins.labels("backend_error").inc()
-        portal.metrics.backend_errors.labels(_backend_name(exc)).inc()
+        portal.metrics.backend_failed(exc, portal.config.authentication.backend)
         audit("login_failure", user=username, ip=client_ip, reason="backend unavailable")
         portal.first_factor_timer.pad(started, None)
         return _login_page(UNAVAILABLE, 503, username)
@@ -173,7 +173,7 @@ def second_factor() -> Response:
                     portal.metrics.bans.labels(kind).inc()
     except (RegulationUnavailable, StorageUnavailable, DecryptionError) as exc:
         portal.metrics.logins.labels("backend_error").inc()
-        portal.metrics.backend_errors.labels(_backend_name(exc)).inc()
+        portal.metrics.backend_failed(exc, portal.config.authentication.backend)
         return make_response(render_template("second_factor.html", error=UNAVAILABLE, rd=request.values.get("rd", "")), 503)
     if not ok:
         portal.metrics.logins.labels(reason if reason == "banned" else "totp_failed").inc()
@@ -224,11 +224,3 @@ def logout() -> Response:
     response = redirect(target_url() or url_for("login.index"))
     clear_session_cookie(response)
     return response
-
-
-def _backend_name(exc: Exception) -> str:
-    if isinstance(exc, RegulationUnavailable):
-        return "redis"
-    if isinstance(exc, StorageUnavailable):
-        return "storage"
-    return current_portal().config.authentication.backend
