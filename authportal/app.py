@@ -118,6 +118,7 @@ def build_portal(config: Config) -> Portal:
         provider.on_change(credentials.clear)
         provider.on_change(token_credentials.clear)
         refresher = DetailsRefresher(provider, sessions, None)
+        provider.on_change(refresher.forget_all)
     else:
         assert config.authentication.ldap is not None
         refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)

@@ -1,6 +1,7 @@
 """Keeps a session's groups and name current, so a user removed from a group or disabled loses access.
 
-With the users file the check is a dictionary lookup, done on every verify.
+With the users file the check is a dictionary lookup, done the first time this process sees a session
+and again after each reload of the file (`on_change`).
 With LDAP it would be a directory search, so the verify path never waits for
 it: a session older than `refresh_interval` is refreshed in the background and
 keeps its current groups until the answer arrives.
@@ -21,6 +22,8 @@ from .sessions import SessionStore, SessionStoreUnavailable
 
 log = logging.getLogger("authportal.refresh")
 
+MAX_TRACKED = 100_000
+
 
 class DetailsRefresher:
     def __init__(self, provider: UserProvider, sessions: SessionStore, interval: float | None,
@@ -33,10 +36,19 @@ class DetailsRefresher:
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="refresh") if interval is not None else None
+        #: Inline mode: sessions already checked against the current users file (cleared on each reload).
+        self._current: set[str] = set()
 
     def __call__(self, session_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
         if self.interval is None:
-            return self._apply(session_id, data)
+            if session_id in self._current:
+                return data
+            refreshed = self._apply(session_id, data)
+            if refreshed is not None:
+                if len(self._current) >= MAX_TRACKED:
+                    self._current.clear()
+                self._current.add(session_id)
+            return refreshed
         if self._clock() - data.get("refreshed", data["created"]) < self.interval:
             return data
         with self._lock:
@@ -46,6 +58,10 @@ class DetailsRefresher:
         assert self._pool is not None
         self._pool.submit(self._background, session_id, data)
         return data
+
+    def forget_all(self) -> None:
+        """The users file changed: every session is checked again at its next use."""
+        self._current = set()
 
     def _background(self, session_id: str, data: dict[str, Any]) -> None:
         try:

@@ -28,6 +28,7 @@ log = logging.getLogger("authportal.verify")
 
 VERIFY_PATH = "/api/verify"
 FORWARD_AUTH_PATH = "/api/forward-auth"
+MAX_IDENTITIES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ class Verifier:
         self.www_authenticate = f'Basic realm="{config.authentication.basic_auth_realm}"'
         self.bearer_challenge = f'Bearer realm="{config.authentication.basic_auth_realm}", error="invalid_token"'
         self.proxies = proxies
+        #: session id -> (the session record it was built from, its Identity): rebuilt when the record changes.
+        self._identities: dict[str, tuple[dict[str, Any], Identity]] = {}
         self._cookie_re = re.compile(r"(?:^|[;,]\s*)" + re.escape(config.session.cookie_name) + r"=([A-Za-z0-9_\-]{43})(?![^;,\s])")
 
     # WSGI adapter
@@ -140,7 +143,16 @@ class Verifier:
         except SessionStoreUnavailable as exc:
             log.warning("session store unavailable, answering as for an unknown session: %s", exc)
             return None
-        return Identity.from_session(data) if data else None
+        if not data:
+            return None
+        known = self._identities.get(session_id)
+        if known is not None and known[0] is data:  # the same session record as last time: same identity
+            return known[1]
+        identity = Identity.from_session(data)
+        if len(self._identities) >= MAX_IDENTITIES:
+            self._identities.clear()
+        self._identities[session_id] = (data, identity)
+        return identity
 
     def _unauthorized(self, url: str, forward: bool, basic_allowed: bool, environ: dict[str, Any], method: str,
                       policy: str, credentials: str | None) -> Outcome:
