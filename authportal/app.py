@@ -148,7 +148,7 @@ class PortalApp:
             portal.config, portal.sessions, portal.rules,
             MachineAuthenticator(portal.provider, portal.tokens, portal.credentials, portal.token_credentials,
                                  portal.regulator, portal.metrics,
-                                 portal.config.authentication.backend),
+                                 portal.config.authentication.backend, portal.login_gate),
             portal.metrics, portal.refresher, portal.proxies,
         )
 

@@ -112,6 +112,10 @@ def parse_bearer(header: str) -> str | None:
     return value if scheme.lower() == "bearer" and value and len(value) <= 256 else None
 
 
+class Busy(Exception):
+    """Every password-check slot is taken (a login burst): refuse now rather than hold a request thread."""
+
+
 class MachineAuthenticator:
     """Turns an Authorization header into an Identity (or None), cheaply for repeat callers.
 
@@ -122,7 +126,7 @@ class MachineAuthenticator:
     """
 
     def __init__(self, provider: UserProvider, tokens: Any, cache: CredentialCache, token_cache: CredentialCache,
-                 regulator: Regulator, metrics: Metrics, backend: str):
+                 regulator: Regulator, metrics: Metrics, backend: str, gate: threading.BoundedSemaphore):
         """`backend`: authentication.backend (file or ldap), for metrics."""
         self.provider = provider
         self.backend = backend
@@ -131,6 +135,7 @@ class MachineAuthenticator:
         self.token_cache = token_cache
         self.regulator = regulator
         self.metrics = metrics
+        self.gate = gate  # shared with the login form: checks never take the threads verifies need
 
     def authenticate(self, header: str, client_ip: str) -> Identity | None:
         if header[:6].lower() == "basic ":
@@ -152,6 +157,8 @@ class MachineAuthenticator:
     def _regulated(self, user: str | None, client_ip: str, check: Callable[[], Identity | None]) -> Identity | None:
         """Run `check` unless banned; count and audit its failure. `user` None: a token (the IP alone counts)."""
         via = "basic" if user is not None else "token"
+        if not self.gate.acquire(blocking=False):
+            raise Busy()
         try:
             if self.regulator.is_banned(user, client_ip):
                 result, identity = "banned", None
@@ -167,6 +174,8 @@ class MachineAuthenticator:
             self.metrics.backend_failed(exc, self.backend)
             audit("login_failure", user=user, ip=client_ip, reason="backend unavailable", via=via)
             return None
+        finally:
+            self.gate.release()
         if identity is None:  # successes are not logins: a scraper re-checks each time its cache entry lapses
             self.metrics.logins.labels(result).inc()
             audit("login_failure", user=user, ip=client_ip, reason=result, via=via)

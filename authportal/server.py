@@ -7,8 +7,10 @@ exits 1 before any worker starts; each worker then builds its own app.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import tempfile
 
 from .config import CONFIG_PATH_ENV, Config, load_config
@@ -19,7 +21,14 @@ log = logging.getLogger("authportal")
 
 #: The configuration workers start with. granian forks its workers from the main process, so they
 #: inherit it; SIGHUP replaces it only when the new file is valid (else the running one keeps serving).
-_active: dict[str, object] = {"config": None, "reloads": {"success": 0, "failure": 0}}
+_active: dict[str, object] = {"config": None, "reloads": {"success": 0, "failure": 0}, "cli": {}}
+
+
+def _with_command_line(config: Config) -> Config:
+    """`serve --workers/--threads` win over the file, also after a reload (the login gate is sized by them)."""
+    overrides = _active["cli"]
+    assert isinstance(overrides, dict)
+    return config.model_copy(update={"server": config.server.model_copy(update=overrides)})
 
 
 def check_backends(config: Config) -> list[str]:
@@ -47,6 +56,8 @@ def check_backends(config: Config) -> list[str]:
 def run(config: Config, config_path: str, workers: int | None = None, threads: int | None = None) -> int:
     workers = workers or config.server.workers
     threads = threads or config.server.threads
+    _active["cli"] = {"workers": workers, "threads": threads}
+    config = _with_command_line(config)
     if workers > 1:
         # Before prometheus_client is first imported: it picks its shared-file storage at import time.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="authportal-metrics-"))
@@ -101,7 +112,7 @@ def reload_config(config_path: str) -> bool:
                   "\n  ".join(exc.errors))
         return False
     counts["success"] += 1
-    _active["config"] = config
+    _active["config"] = _with_command_line(config)
     setup_logging(config.log)
     log.info("configuration reloaded from %s", config_path)
     return True
@@ -111,6 +122,7 @@ def worker_app():  # pragma: no cover - runs inside granian workers
     """Granian factory: each worker loads the config named by X_AUTHPORTAL_CONFIG and builds its app."""
     from .app import create_app
 
+    _die_with_parent()
     config = _active["config"]
     if not isinstance(config, Config):  # not forked from `run` (e.g. spawn start method): read the file
         config = load_config(os.environ[CONFIG_PATH_ENV])
@@ -121,3 +133,16 @@ def worker_app():  # pragma: no cover - runs inside granian workers
     for result, count in counts.items():
         app.portal.metrics.reloads.labels(result).set(count)
     return app
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the main process dies, even by SIGKILL (no orphan keeps serving)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux/glibc: granian's own supervision still applies
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1

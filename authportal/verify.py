@@ -19,7 +19,7 @@ from .audit import audit
 from .authorization import AccessRules
 from .config import Config
 from .identity import TWO_FACTOR, Identity
-from .machine_auth import MachineAuthenticator
+from .machine_auth import Busy, MachineAuthenticator
 from .metrics import Metrics
 from .proxies import TrustedProxies
 from .sessions import SessionStore, SessionStoreUnavailable
@@ -109,7 +109,12 @@ class Verifier:
                                      identity.groups if identity else frozenset())
         basic_allowed = self.basic_default if decision.basic_auth is None else decision.basic_auth
         if machine_header is not None and basic_allowed and decision.policy not in ("bypass", "deny"):
-            identity = self.machines.authenticate(machine_header, client_ip)
+            try:
+                identity = self.machines.authenticate(machine_header, client_ip)
+            except Busy:
+                log.debug("all password-check slots busy: refusing a %s check (retry)", machine_header.split(" ")[0])
+                return Outcome(401, [("Retry-After", "1"), ("WWW-Authenticate", self.www_authenticate)],
+                               decision.policy, "busy")
             if identity is not None:
                 decision = self.rules.decide(hostname, path, method, client_ip, identity.user, identity.groups)
         policy = decision.policy

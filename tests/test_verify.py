@@ -362,3 +362,20 @@ def test_refused_tokens_get_a_bearer_challenge(client):
     response = verify(client, Authorization="Bearer ap_" + "y" * 43)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="authportal", error="invalid_token"'
+
+
+def test_uncached_basic_checks_never_take_the_threads_verifies_need(app, client):
+    post_login(client, "alice")
+    gate = app.portal.login_gate
+    held = 0
+    while gate.acquire(blocking=False):  # every password-check slot busy (a burst of logins or scrapers)
+        held += 1
+    try:
+        machine = ProxiedClient(app)
+        refused = verify(machine, Authorization=basic("bob"))
+        assert refused.status_code == 401 and refused.headers["Retry-After"] == "1"
+        assert verify(client).status_code == 200  # cookie verifies go on
+    finally:
+        for _ in range(held):
+            gate.release()
+    assert verify(ProxiedClient(app), Authorization=basic("bob")).status_code == 200

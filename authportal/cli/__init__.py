@@ -22,8 +22,8 @@ def main() -> None:
 @main.command("serve")
 @config_option
 @click.option("--workers", type=click.IntRange(1, 64), help="Server processes (default: server.workers).")
-@click.option("--threads", type=click.IntRange(1, 256), help="Threads per process for logins and pages "
-              "(default: server.threads).")
+@click.option("--threads", type=click.IntRange(3, 256), help="Request threads per process; password checks "
+              "may use all but 2 (default: server.threads).")
 def serve(config_path: str, workers: int | None, threads: int | None) -> None:
     """Run the portal on the production server (granian), in the foreground, logging to stderr."""
     from ..server import run
