@@ -18,7 +18,7 @@ from tests.portal import SEED_RULES, USERS, PortalSetup, login
 from tests.servers.upstream import RecordedRequest, Upstream
 
 #: Prometheus' health endpoint, open to anyone (monitoring systems poll it).
-OPEN_HEALTH_RULE = {"domain": ["app.example.test"], "resources": ["^/prometheus/-/healthy$"], "policy": "bypass"}
+OPEN_HEALTH_RULE = {"domain": ["app.example.test"], "resources": [r"^/prometheus/-/healthy(\?|$)"], "policy": "bypass"}
 
 #: What a browser sends on a page load, and what curl or a scraper sends.
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",

@@ -1,0 +1,151 @@
+"""What every forward-auth proxy example must do, run against each of them (HAProxy, Caddy).
+
+A proxy's test module imports these tests and provides the fixtures: `app` and
+`auth` (base URLs through the proxy), `bob` (a logged-in session), `portal`,
+`upstream`, and `tag` (a word that keeps this proxy's requests apart in the
+shared upstream's records).
+"""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.forward_auth_flow import (
+    BROWSER,
+    FORGED_ADDRESS,
+    FORGED_IDENTITY,
+    SCRIPT,
+    assert_identity,
+    assert_no_identity,
+    audit_events,
+    basic,
+    logged_in,
+    rd_of,
+    reached,
+    smuggled_urls,
+)
+from tests.portal import login
+
+__all__ = [
+    "test_browser_goes_to_login_and_comes_back_as_bob",
+    "test_client_cannot_forge_identity_headers",
+    "test_client_cannot_make_the_portal_check_another_url",
+    "test_carol_without_group_is_forbidden",
+    "test_audit_log_has_the_real_client_address",
+    "test_method_reaches_the_rules",
+    "test_public_path_is_open",
+    "test_script_without_credentials_gets_401_with_basic_challenge",
+    "test_script_with_basic_credentials_gets_in_as_bob",
+    "test_verify_endpoints_are_not_exposed_on_the_portal_host",
+]
+
+
+def test_browser_goes_to_login_and_comes_back_as_bob(tag, app, auth, upstream):
+    http = requests.Session()
+    http.headers.update(BROWSER)
+    target = f"{app}/prometheus/graph?g0.expr=up&from={tag}"
+
+    sent_away = http.get(target, allow_redirects=False, timeout=5)
+    assert sent_away.status_code == 302
+    assert sent_away.headers["Location"].startswith(f"{auth}/?rd=")
+    assert rd_of(sent_away.headers["Location"]) == target
+    assert reached(upstream, f"/prometheus/graph?g0.expr=up&from={tag}") == []
+
+    logged = login(http, auth, "bob", rd=rd_of(sent_away.headers["Location"]))  # through the proxy's portal site
+    assert logged.status_code == 302
+    assert logged.headers["Location"] == target
+
+    back = http.get(logged.headers["Location"], allow_redirects=False, timeout=5)
+    assert back.status_code == 200
+    [seen] = reached(upstream, f"/prometheus/graph?g0.expr=up&from={tag}")
+    assert_identity(seen, "bob")
+
+
+def test_client_cannot_forge_identity_headers(tag, app, bob, upstream):
+    # Logged in as bob, claiming to be alice: the app sees bob.
+    assert bob.get(f"{app}/prometheus/api/v1/query?query=up&forged={tag}1", headers=FORGED_IDENTITY,
+                   timeout=5).status_code == 200
+    [seen] = reached(upstream, f"/prometheus/api/v1/query?query=up&forged={tag}1")
+    assert_identity(seen, "bob")
+
+    # Anonymous on an open (bypass) path: the portal's 200 carries no identity; the app sees none
+    # (neither the forged one nor Caddy 2.6's literal "{http.reverse_proxy.header.Remote-User}").
+    assert requests.get(f"{app}/prometheus/-/healthy?{tag}", headers={**SCRIPT, **FORGED_IDENTITY},
+                        timeout=5).status_code == 200
+    [seen] = reached(upstream, f"/prometheus/-/healthy?{tag}")
+    assert_no_identity(seen)
+
+    # Anonymous on a protected path: refused, nothing reaches the app.
+    refused = requests.get(f"{app}/prometheus/api/v1/query?forged={tag}2", headers={**SCRIPT, **FORGED_IDENTITY},
+                           timeout=5)
+    assert refused.status_code == 401
+    assert reached(upstream, f"/prometheus/api/v1/query?forged={tag}2") == []
+
+
+@pytest.mark.parametrize("smuggled", smuggled_urls("app.example.test"), ids=lambda headers: "+".join(headers))
+def test_client_cannot_make_the_portal_check_another_url(tag, app, upstream, smuggled):
+    """Headers naming an open URL (/public/) must not open /prometheus/: the portal checks what was requested."""
+    path = f"/prometheus/api/v1/query?query=up&smuggled={'+'.join(smuggled)}-{tag}"
+    answer = requests.get(app + path, headers={**SCRIPT, **smuggled}, timeout=5)
+    assert answer.status_code == 401
+    assert reached(upstream, path) == []
+
+
+def test_carol_without_group_is_forbidden(tag, app, auth, upstream):
+    carol = logged_in(auth, "carol")
+    answer = carol.get(f"{app}/prometheus/graph?who=carol-{tag}", allow_redirects=False, timeout=5)
+    assert answer.status_code == 403
+    assert reached(upstream, f"/prometheus/graph?who=carol-{tag}") == []
+
+
+def test_audit_log_has_the_real_client_address(tag, app, auth, portal):
+    """Login (through the portal host) and denial (through the check) are logged with the peer's address."""
+    carol = requests.Session()
+    carol.headers.update({**BROWSER, **FORGED_ADDRESS})
+    assert login(carol, auth, "carol").status_code == 302
+    assert carol.get(f"{app}/prometheus/graph?audit={tag}", allow_redirects=False, timeout=5).status_code == 403
+    logged_in_event = [e for e in audit_events(portal.setup, "login_success") if e["user"] == "carol"][-1]
+    [denied] = [e for e in audit_events(portal.setup, "access_denied") if e["url"].endswith(f"?audit={tag}")]
+    assert logged_in_event["ip"] == denied["ip"] == "127.0.0.1"
+
+
+def test_method_reaches_the_rules(tag, app, bob, upstream):
+    """Bob may read Alertmanager but not create silences (POST is admins-only, two factors)."""
+    assert bob.get(f"{app}/alertmanager/api/v2/silences?m={tag}-get", timeout=5).status_code == 200
+    denied = bob.post(f"{app}/alertmanager/api/v2/silences?m={tag}-post", json={}, allow_redirects=False,
+                      timeout=5)
+    assert denied.status_code == 403
+    assert reached(upstream, f"/alertmanager/api/v2/silences?m={tag}-post") == []
+
+
+def test_public_path_is_open(tag, app, upstream):
+    answer = requests.get(f"{app}/public/status.txt?via={tag}", headers={**BROWSER, **FORGED_IDENTITY},
+                          allow_redirects=False, timeout=5)
+    assert answer.status_code == 200
+    assert_no_identity(reached(upstream, f"/public/status.txt?via={tag}")[-1])
+
+
+def test_script_without_credentials_gets_401_with_basic_challenge(tag, app, upstream):
+    answer = requests.get(f"{app}/prometheus/api/v1/query?query=up&who=curl-{tag}", headers=SCRIPT, timeout=5)
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"].startswith("Basic ")
+    assert reached(upstream, f"/prometheus/api/v1/query?query=up&who=curl-{tag}") == []
+
+
+def test_script_with_basic_credentials_gets_in_as_bob(tag, app, upstream):
+    answer = requests.get(f"{app}/prometheus/api/v1/query?query=up&who=basic-{tag}", headers=SCRIPT,
+                          auth=basic("bob"), timeout=5)
+    assert answer.status_code == 200
+    assert_identity(reached(upstream, f"/prometheus/api/v1/query?query=up&who=basic-{tag}")[-1], "bob")
+
+    wrong = requests.get(f"{app}/prometheus/api/v1/query?who=wrong-{tag}", headers=SCRIPT,
+                         auth=basic("bob", "not-his-password"), timeout=5)
+    assert wrong.status_code == 401
+    assert reached(upstream, f"/prometheus/api/v1/query?who=wrong-{tag}") == []
+
+
+def test_verify_endpoints_are_not_exposed_on_the_portal_host(auth):
+    forged = {**SCRIPT, "X-Forwarded-Proto": "http", "X-Forwarded-Host": "app.example.test",
+              "X-Forwarded-Uri": "/prometheus/", "X-Forwarded-Method": "GET"}
+    for path in ("/api/forward-auth", "/api/verify"):
+        assert requests.get(f"{auth}{path}", headers=forged, auth=basic("bob"), timeout=5).status_code == 404
