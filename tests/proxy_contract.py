@@ -1,11 +1,12 @@
 """What every forward-auth proxy example must do, run against each of them (HAProxy, Caddy).
 
-A proxy's test module imports these tests and provides the fixtures: `app` and
-`auth` (base URLs through the proxy), `bob` (a logged-in session), `portal`,
-`upstream`, and `tag` (a word that keeps this proxy's requests apart in the
-shared upstream's records).
+A proxy's test module imports these tests and fixtures and provides two fixtures
+of its own: `proxy` (the started proxy, listening on `listen_port`) and `tag` (a
+word that keeps this proxy's requests apart in the shared upstream's records).
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -20,13 +21,20 @@ from tests.forward_auth_flow import (
     audit_events,
     basic,
     logged_in,
+    portal_behind_proxy,
     rd_of,
     reached,
     smuggled_urls,
 )
-from tests.portal import login
+from tests.portal import ServedPortal, login
+from tests.servers import free_port
 
 __all__ = [
+    "app",
+    "auth",
+    "bob",
+    "listen_port",
+    "portal",
     "test_browser_goes_to_login_and_comes_back_as_bob",
     "test_client_cannot_forge_identity_headers",
     "test_client_cannot_make_the_portal_check_another_url",
@@ -38,6 +46,33 @@ __all__ = [
     "test_script_with_basic_credentials_gets_in_as_bob",
     "test_verify_endpoints_are_not_exposed_on_the_portal_host",
 ]
+
+
+@pytest.fixture(scope="module")
+def listen_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def portal(tmp_path_factory, listen_port, tag) -> Iterator[ServedPortal]:
+    setup = portal_behind_proxy(tmp_path_factory.mktemp(f"{tag}-portal"), f"http://auth.example.test:{listen_port}")
+    with ServedPortal(setup) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def app(proxy, listen_port) -> str:
+    return f"http://app.example.test:{listen_port}"
+
+
+@pytest.fixture(scope="module")
+def auth(proxy, listen_port) -> str:
+    return f"http://auth.example.test:{listen_port}"
+
+
+@pytest.fixture(scope="module")
+def bob(auth) -> requests.Session:
+    return logged_in(auth, "bob")
 
 
 def test_browser_goes_to_login_and_comes_back_as_bob(tag, app, auth, upstream):

@@ -18,13 +18,9 @@ from tests.forward_auth_flow import (
     BROWSER,
     SCRIPT,
     basic,
-    logged_in,
-    portal_behind_proxy,
     reached,
 )
-from tests.portal import ServedPortal
 from tests.proxy_contract import *  # noqa: F403 - the tests every proxy example must pass
-from tests.servers import free_port
 from tests.servers.caddy import Caddy
 from tests.servers.process import REPO
 
@@ -37,18 +33,6 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module")
-def listen_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def portal(tmp_path_factory, listen_port) -> Iterator[ServedPortal]:
-    setup = portal_behind_proxy(tmp_path_factory.mktemp("caddy-portal"), f"http://auth.example.test:{listen_port}")
-    with ServedPortal(setup) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
 def caddy(portal, upstream, listen_port) -> Iterator[Caddy]:
     app = f"127.0.0.1:{upstream.port}"
     with Caddy.from_file(EXAMPLE, BIND="127.0.0.1", PORT=listen_port, PORTAL=f"127.0.0.1:{portal.setup.port}",
@@ -57,18 +41,8 @@ def caddy(portal, upstream, listen_port) -> Iterator[Caddy]:
 
 
 @pytest.fixture(scope="module")
-def app(caddy) -> str:
-    return f"http://app.example.test:{caddy.port}"
-
-
-@pytest.fixture(scope="module")
-def auth(caddy) -> str:
-    return f"http://auth.example.test:{caddy.port}"
-
-
-@pytest.fixture(scope="module")
-def bob(auth) -> requests.Session:
-    return logged_in(auth, "bob")
+def proxy(caddy):
+    return caddy
 
 
 def test_listens_on_the_bind_address_only(caddy):

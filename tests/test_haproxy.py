@@ -20,11 +20,8 @@ from tests.forward_auth_flow import (
     BROWSER,
     SCRIPT,
     basic,
-    logged_in,
-    portal_behind_proxy,
     reached,
 )
-from tests.portal import ServedPortal
 from tests.proxy_contract import *  # noqa: F403 - the tests every proxy example must pass
 from tests.servers import free_port
 from tests.servers.haproxy import HAProxy
@@ -55,18 +52,6 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module")
-def listen_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def portal(tmp_path_factory, listen_port) -> Iterator[ServedPortal]:
-    setup = portal_behind_proxy(tmp_path_factory.mktemp("haproxy-portal"), f"http://auth.example.test:{listen_port}")
-    with ServedPortal(setup) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
 def haproxy(portal, upstream, listen_port) -> Iterator[ExampleHAProxy]:
     proxy = start_example(upstream, listen_port, f"127.0.0.1:{portal.setup.port}")
     try:
@@ -76,18 +61,8 @@ def haproxy(portal, upstream, listen_port) -> Iterator[ExampleHAProxy]:
 
 
 @pytest.fixture(scope="module")
-def app(haproxy) -> str:
-    return f"http://app.example.test:{haproxy.port}"
-
-
-@pytest.fixture(scope="module")
-def auth(haproxy) -> str:
-    return f"http://auth.example.test:{haproxy.port}"
-
-
-@pytest.fixture(scope="module")
-def bob(auth) -> requests.Session:
-    return logged_in(auth, "bob")
+def proxy(haproxy):
+    return haproxy
 
 
 def test_unlisted_path_and_unknown_host_are_refused(app, bob, haproxy, upstream):
