@@ -39,11 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
-import urllib3.util.connection  # noqa: E402
 
 from authportal.config import PasswordHashConfig, ServerConfig  # noqa: E402
 from authportal.passwords import PasswordHasher  # noqa: E402
-from tests.portal import SEED_RULES, USERS, PortalSetup, login  # noqa: E402
+from tests.portal import SEED_RULES, USERS, PortalSetup, login, resolve_example_test  # noqa: E402
 from tests.servers import free_port, port_open, stop_process, wait_until  # noqa: E402
 from tests.servers.nginx import Nginx  # noqa: E402
 from tests.servers.redis import RedisServer  # noqa: E402
@@ -469,19 +468,6 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- setup ------------------------------------------------------------------------------------------------------
-
-
-def resolve_example_test() -> None:
-    """`*.example.test` -> 127.0.0.1 for requests (as tests/conftest.py does), to log in like a browser."""
-    real = urllib3.util.connection.create_connection
-
-    def create_connection(address, *args, **kwargs):
-        host, port = address
-        if host == "example.test" or host.endswith(".example.test"):
-            host = "127.0.0.1"
-        return real((host, port), *args, **kwargs)
-
-    urllib3.util.connection.create_connection = create_connection
 
 
 def session_cookie(setup: PortalSetup) -> str:

@@ -4,10 +4,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import urllib3.util.connection
 from werkzeug.test import Client
 
-from tests.portal import PortalSetup, ServedPortal
+from tests.portal import PortalSetup, ServedPortal, resolve_example_test
 from tests.servers.fixtures import *  # noqa: F403
 from tests.servers.ldap_fixtures import *  # noqa: F403
 from tests.servers.storage_fixtures import *  # noqa: F403
@@ -21,18 +20,7 @@ class ProxiedClient(Client):
         return super().open(*args, **kwargs)
 
 
-_real_create_connection = urllib3.util.connection.create_connection
-
-
-def _resolve_example_test(address, *args, **kwargs):
-    """`*.example.test` → 127.0.0.1 for requests (the proxies under test listen there)."""
-    host, port = address
-    if host == "example.test" or host.endswith(".example.test"):
-        host = "127.0.0.1"
-    return _real_create_connection((host, port), *args, **kwargs)
-
-
-urllib3.util.connection.create_connection = _resolve_example_test
+resolve_example_test()
 
 
 

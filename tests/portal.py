@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3.util.connection
 import yaml
 
 from authportal.config import PasswordHashConfig
@@ -55,6 +56,22 @@ SEED_RULES: list[dict[str, Any]] = [
     {"domain": ["prometheus.example.test"], "subject": ["group:monitoring"], "policy": "one_factor"},
     {"domain": ["alertmanager.example.test"], "subject": ["group:admins"], "policy": "one_factor"},
 ]
+
+
+def resolve_example_test() -> None:
+    """`*.example.test` -> 127.0.0.1 for `requests` (the proxies under test listen there), like Chromium's rules."""
+    real = urllib3.util.connection.create_connection
+    if getattr(real, "resolves_example_test", False):
+        return
+
+    def create_connection(address, *args, **kwargs):
+        host, port = address
+        if host == "example.test" or host.endswith(".example.test"):
+            host = "127.0.0.1"
+        return real((host, port), *args, **kwargs)
+
+    create_connection.resolves_example_test = True
+    urllib3.util.connection.create_connection = create_connection
 
 
 @cache
