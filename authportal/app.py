@@ -108,8 +108,10 @@ def build_portal(config: Config) -> Portal:
     provider = build_provider(config)
     sessions = open_session_store(config.session, storage)
     metrics = Metrics()
+    hits, misses = metrics.cache_lookups.labels("hit"), metrics.cache_lookups.labels("miss")
+
     def count_lookup(hit: bool) -> None:
-        metrics.cache_lookups.labels("hit" if hit else "miss").inc()
+        (hits if hit else misses).inc()
 
     size = config.authentication.credentials_cache_size
     credentials = CredentialCache(config.authentication.credentials_cache_ttl, size, on_lookup=count_lookup)

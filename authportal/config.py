@@ -270,7 +270,7 @@ class AuthenticationConfig(Model):
     #: Machine clients: HTTP Basic on the verify endpoints (a rule may override it).
     basic_auth: bool = True
     basic_auth_realm: str = "authportal"
-    #: How long a successful Basic check is remembered (keyed by an HMAC, never the password); 0 disables.
+    #: How long a successful Basic check is remembered (keyed by a MAC of it, never the password); 0 disables.
     credentials_cache_ttl: Duration = 60.0
     credentials_cache_size: int = Field(default=10000, ge=1)
 

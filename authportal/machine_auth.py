@@ -2,8 +2,8 @@
 
 A scraper sends its credentials on every request; hashing argon2 (or binding
 to LDAP) each time would cost ~50 ms. A successful check is remembered for
-`credentials_cache_ttl` under an HMAC of user+password keyed by a per-process
-random key — never the password itself. Failures are never cached as success.
+`credentials_cache_ttl` under a keyed BLAKE2b MAC (per-process random key) of
+the Authorization value — never the password itself. Failures are never cached as success.
 Concurrent identical checks wait for the first one (single flight).
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import logging
 import secrets
 import threading
@@ -31,7 +30,7 @@ log = logging.getLogger("authportal.machine_auth")
 
 
 class CredentialCache:
-    """Bounded LRU of identities keyed by HMAC(credential); entries expire after `ttl` seconds."""
+    """Bounded LRU of identities keyed by a MAC of the credential; entries expire after `ttl` seconds."""
 
     def __init__(self, ttl: float, size: int, clock: Callable[[], float] = time.monotonic,
                  on_lookup: Callable[[bool], None] = lambda hit: None):
@@ -44,8 +43,9 @@ class CredentialCache:
         self._lock = threading.Lock()
         self._inflight: dict[bytes, threading.Lock] = {}
 
-    def key(self, *parts: str) -> bytes:
-        return hmac.new(self._key, "\x00".join(parts).encode(), hashlib.sha256).digest()
+    def key(self, credential: str) -> bytes:
+        """A keyed BLAKE2b MAC of the credential (the whole Authorization value): what the cache stores."""
+        return hashlib.blake2b(credential.encode(), key=self._key, digest_size=32).digest()
 
     def get(self, key: bytes) -> Identity | None:
         entry = self._entries.get(key)
@@ -138,21 +138,27 @@ class MachineAuthenticator:
         self.gate = gate  # shared with the login form: checks never take the threads verifies need
 
     def authenticate(self, header: str, client_ip: str) -> Identity | None:
+        """A repeat caller costs one keyed hash of its header and a dict lookup; parsing happens on a miss."""
         if header[:6].lower() == "basic ":
-            credentials = parse_basic(header)
-            if credentials is None:
-                return None
-            user, password = credentials
-            return self.cache.remembered(self.cache.key("basic", user, password),
-                                         lambda: self._regulated(user, client_ip,
-                                                                 lambda: self._check_password(user, password)))
-        token = parse_bearer(header)
-        if token is None or self.tokens is None:
+            return self.cache.remembered(self.cache.key(header), lambda: self._basic(header, client_ip))
+        if header[:7].lower() != "bearer " or self.tokens is None:
             return None
         # Tokens are re-checked against storage once the short token cache (session.cache_ttl) lapses,
         # so a revocation from the CLI or another instance holds within that bound.
-        return self.token_cache.remembered(self.token_cache.key("bearer", token),
-                                           lambda: self._regulated(None, client_ip, lambda: self._check_token(token)))
+        return self.token_cache.remembered(self.token_cache.key(header), lambda: self._bearer(header, client_ip))
+
+    def _basic(self, header: str, client_ip: str) -> Identity | None:
+        credentials = parse_basic(header)
+        if credentials is None:
+            return None
+        user, password = credentials
+        return self._regulated(user, client_ip, lambda: self._check_password(user, password))
+
+    def _bearer(self, header: str, client_ip: str) -> Identity | None:
+        token = parse_bearer(header)
+        if token is None:
+            return None
+        return self._regulated(None, client_ip, lambda: self._check_token(token))
 
     def _regulated(self, user: str | None, client_ip: str, check: Callable[[], Identity | None]) -> Identity | None:
         """Run `check` unless banned; count and audit its failure. `user` None: a token (the IP alone counts)."""
