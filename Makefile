@@ -21,6 +21,7 @@ test: $(BIN)/authportal
 
 bench: $(BIN)/authportal
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/burst.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info run test-artifacts
