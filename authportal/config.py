@@ -136,7 +136,8 @@ class ServerConfig(Model):
     workers: int = Field(default=1, ge=1, le=64)
     #: Request threads per worker. Password checks may use all but 2 of them at once; the 2 stay free for
     #: verifies, so a burst of logins never stalls the proxies (logins beyond that get 503 + Retry-After).
-    threads: int = Field(default=8, ge=3, le=256)
+    #: Default 2 x cores + 1 (5 on 2 cores): what granian considers sane for WSGI on this machine.
+    threads: int = Field(default_factory=lambda: max(3, 2 * (os.cpu_count() or 1) + 1), ge=3, le=256)
 
     @field_validator("portal_url")
     @classmethod
