@@ -749,10 +749,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="4 s per case")
     parser.add_argument("--rounds", type=int, default=4,
                         help="split each case into this many interleaved rounds (default 4)")
-    defaults = ServerConfig.model_fields
-    parser.add_argument("--workers", type=int, default=defaults["workers"].default,
+    defaults = ServerConfig()  # the portal's own defaults on this machine
+    parser.add_argument("--workers", type=int, default=defaults.workers,
                         help="granian workers for portal and raw WSGI (default: the portal's, %(default)s)")
-    parser.add_argument("--threads", type=int, default=defaults["threads"].default,
+    parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="granian blocking threads per worker (default: the portal's, %(default)s)")
     parser.add_argument("--nginx-workers", type=int, default=os.cpu_count() or 1,
                         help="nginx worker_processes (default: nproc, as `worker_processes auto`)")
