@@ -89,9 +89,6 @@ class CredentialCache:
                 self.put(key, identity)
             return identity
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 def parse_basic(header: str) -> tuple[str, str] | None:
     """(user, password) from `Basic base64(user:password)`, or None when malformed."""

@@ -103,8 +103,8 @@ class Verifier:
         machine_header = environ.get("HTTP_AUTHORIZATION") or environ.get("HTTP_PROXY_AUTHORIZATION")
         if machine_header is None:
             identity = self._session_identity(environ)
-        hostname = _hostname(host)
-        decision = self.rules.decide(hostname, path, method, client_ip,
+        # the rules normalise the host (case, port, trailing dot) the same way as their own domains, cached
+        decision = self.rules.decide(host, path, method, client_ip,
                                      identity.user if identity else None,
                                      identity.groups if identity else frozenset())
         basic_allowed = self.basic_default if decision.basic_auth is None else decision.basic_auth
@@ -116,7 +116,7 @@ class Verifier:
                 return Outcome(401, [("Retry-After", "1"), ("WWW-Authenticate", self.www_authenticate)],
                                decision.policy, "busy")
             if identity is not None:
-                decision = self.rules.decide(hostname, path, method, client_ip, identity.user, identity.groups)
+                decision = self.rules.decide(host, path, method, client_ip, identity.user, identity.groups)
         policy = decision.policy
 
         if policy == "bypass":
@@ -211,12 +211,6 @@ def _original_request(environ: dict[str, Any], forward: bool) -> tuple[str, str,
 
 
 _HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
-
-
-def _hostname(host: str) -> str:
-    if host.startswith("["):
-        return host[1:host.index("]")]
-    return host.partition(":")[0].rstrip(".")
 
 
 _STATUS_LINES = {200: "200 OK", 302: "302 Found", 401: "401 Unauthorized", 403: "403 Forbidden"}

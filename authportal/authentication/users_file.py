@@ -11,7 +11,6 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -124,10 +123,6 @@ class UsersFileProvider:
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` after each successful reload (the Basic-auth cache forgets everything)."""
         self._listeners.append(listener)
-
-    @property
-    def users(self) -> dict[str, Any]:
-        return self._users
 
     def reload_if_changed(self) -> bool:
         """Re-read the file if its mtime/size/inode changed; True when a new version was loaded."""

@@ -86,7 +86,7 @@ def index() -> Response:
         if g.get("store_down"):
             return _login_page(UNAVAILABLE, 503)
         return _login_page()
-    if url is not None or session["level"] < required_level(url, session):
+    if url is not None:  # without a target one factor is enough: the home page
         return next_step(session, url)
     portal = current_portal()
     return make_response(render_template(
@@ -142,7 +142,7 @@ def login() -> Response:
     except SessionStoreUnavailable:
         return _login_page(UNAVAILABLE, 503, username)
     audit("login_success", user=details.username, ip=client_ip, factor="password", remember=remember)
-    response = next_step(portal.sessions.get(sid) or data, target_url())
+    response = next_step(data, target_url())
     set_session_cookie(response, sid, remember)
     return response
 
