@@ -13,7 +13,7 @@ from ..config import parse_duration
 from ..identity import TWO_FACTOR
 from ..storage import StorageUnavailable
 from . import admitted, check_csrf, current_portal, current_session, session_id
-from .login import BAD_CODE, BAD_CREDENTIALS, UNAVAILABLE, promote_session, target_url
+from .login import BAD_CODE, BAD_CREDENTIALS, UNAVAILABLE, form_rd, promote_session, target_url
 
 bp = Blueprint("account", __name__)
 
@@ -41,7 +41,7 @@ def _save(session: dict[str, Any]) -> None:
 def totp_setup() -> Response:
     session = _require_session()
     portal = current_portal()
-    rd = request.values.get("rd", "") if target_url() else ""
+    rd = form_rd()
     enrolled = portal.totp.has_totp(session["user"])
     if not portal.config.totp.allow_enrollment:
         return make_response(render_template(

@@ -40,6 +40,11 @@ def target_url() -> str | None:
                          allow_http=not config.session.cookie_secure)
 
 
+def form_rd() -> str:
+    """The `rd` to carry in a form's hidden field: the one received, when it is a safe target; else none."""
+    return request.values.get("rd", "") if target_url() else ""
+
+
 def required_level(url: str | None, session: dict[str, Any]) -> int:
     """The factor level the target needs for this user (ONE_FACTOR when no target)."""
     if url is None:
@@ -71,7 +76,7 @@ def _login_page(error: str | None = None, status: int = 200, username: str = "")
     portal = current_portal()
     url = target_url()
     page = render_template(
-        "login.html", error=error, username=username, rd=request.values.get("rd", "") if url else "",
+        "login.html", error=error, username=username, rd=form_rd(),
         site=urlsplit(url).hostname if url else None,
         remember_me=portal.config.session.remember_me > 0,
     )
@@ -157,7 +162,7 @@ def second_factor() -> Response:
     if session["level"] >= TWO_FACTOR:
         return redirect(url or url_for("login.index"))
     if request.method == "GET":
-        return make_response(render_template("second_factor.html", rd=request.values.get("rd", "") if url else ""))
+        return make_response(render_template("second_factor.html", rd=form_rd()))
     check_csrf()
     portal = current_portal()
     client_ip = portal.proxies.client_ip(request.environ)
@@ -174,11 +179,11 @@ def second_factor() -> Response:
     except (RegulationUnavailable, StorageUnavailable, DecryptionError) as exc:
         portal.metrics.logins.labels("backend_error").inc()
         portal.metrics.backend_failed(exc, portal.config.authentication.backend)
-        return make_response(render_template("second_factor.html", error=UNAVAILABLE, rd=request.values.get("rd", "")), 503)
+        return make_response(render_template("second_factor.html", error=UNAVAILABLE, rd=form_rd()), 503)
     if not ok:
         portal.metrics.logins.labels(reason if reason == "banned" else "totp_failed").inc()
         audit("totp_failure", user=user, ip=client_ip, reason=reason)
-        page = render_template("second_factor.html", error=BAD_CODE, rd=request.values.get("rd", "") if url else "")
+        page = render_template("second_factor.html", error=BAD_CODE, rd=form_rd())
         return make_response(page, 401)
     portal.metrics.logins.labels("success").inc()
     audit("login_success", user=user, ip=client_ip, factor="totp")
@@ -204,7 +209,7 @@ def promote_session(session: dict[str, Any], url: str | None) -> Response:
 
 @bp.get("/logout")
 def logout_form() -> Response:
-    return make_response(render_template("logout.html", rd=request.values.get("rd", ""),
+    return make_response(render_template("logout.html", rd=form_rd(),
                                          session=current_session()))
 
 
