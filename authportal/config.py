@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -28,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from .yamlfile import YamlError, parse_yaml
 
 ENV_PREFIX = "AUTHPORTAL_"
 #: Environment variable naming the config file for `serve` workers (like Authelia's X_AUTHELIA_CONFIG).
@@ -530,8 +531,8 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:
             node = child
         else:
             try:
-                node[path[-1]] = yaml.safe_load(value) if value.strip() else value
-            except yaml.YAMLError:
+                node[path[-1]] = parse_yaml(value) if value.strip() else value
+            except YamlError:
                 node[path[-1]] = value
     return problems
 
@@ -563,11 +564,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the configuration file: {exc.strerror}"]) from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+        raw = parse_yaml(text)
+    except YamlError as exc:
+        raise ConfigError([f"{path}: malformed YAML ({exc})"]) from None
     cwd = os.getcwd()
     try:
         os.chdir(path.resolve().parent)  # `*_file` and relative paths resolve beside the config

@@ -9,7 +9,7 @@ import secrets
 from pathlib import Path
 
 import click
-import yaml
+import yaml_rs
 
 from .passwords import PasswordHasher
 
@@ -30,7 +30,7 @@ def write_demo(directory: str) -> Path:
         for name, fields in DEMO_USERS.items():
             passwords[name] = secrets.token_urlsafe(9)
             users[name] = {"password": hasher.hash(passwords[name]), **fields}
-        users_path.write_text("# Demo users written by `authportal demo`.\n" + yaml.safe_dump({"users": users}))
+        users_path.write_text("# Demo users written by `authportal demo`.\n" + yaml_rs.dumps({"users": users}))
         (folder / "demo-passwords.txt").write_text("".join(f"{u} {p}\n" for u, p in passwords.items()))
     if not config_path.exists():
         secret = folder / "secret"
@@ -46,7 +46,7 @@ def write_demo(directory: str) -> Path:
             "access_control": {"default_policy": "one_factor"},
         }
         config_path.write_text("# Demo configuration written by `authportal demo` (plain http: trials only).\n"
-                               + yaml.safe_dump(config, sort_keys=False))
+                               + yaml_rs.dumps(config))
     click.echo(f"Demo config: {config_path}")
     click.echo("Demo users (user password):")
     click.echo((folder / "demo-passwords.txt").read_text().rstrip())

@@ -66,10 +66,19 @@ def test_short_secret_is_refused(portal_setup):
     assert code == 2 and "secret_key: must be at least 32 characters" in output
 
 
-def test_malformed_yaml_names_the_line(portal_setup):
-    portal_setup.config_path.write_text("server:\n  address: [unclosed\n")
+def test_malformed_yaml_names_the_line_but_never_echoes_it(portal_setup):
+    # The broken line holds an inline secret: the error must place it without quoting it.
+    secret = "s3cr3t-" + "x" * 40
+    portal_setup.config_path.write_text(f'server:\n  address: "127.0.0.1:9091"\nsecret_key: "{secret}" typo\n')
     code, output = check(portal_setup.config_path)
-    assert code == 2 and "malformed YAML (line" in output
+    assert code == 2 and "malformed YAML (line 3, column 63: invalid trailing content after double-quoted scalar)" in output
+    assert secret not in output and "s3cr3t" not in output
+
+
+def test_duplicate_keys_are_an_error_not_last_one_wins(portal_setup):
+    portal_setup.config_path.write_text(portal_setup.config_path.read_text() + "log: {level: debug}\nlog: {level: info}\n")
+    code, output = check(portal_setup.config_path)
+    assert code == 2 and "duplicate mapping key: 'log'" in output
 
 
 def test_missing_config_file(tmp_path):

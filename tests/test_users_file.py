@@ -14,7 +14,7 @@ from authportal.authentication.users_file import UsersFileError, UsersFileProvid
 from authportal.cli import main
 from authportal.config import FileBackendConfig, PasswordHashConfig
 from authportal.passwords import PasswordHasher
-from tests.portal import TEST_HASH, USERS, users_document
+from tests.portal import TEST_HASH, USERS, hashed, users_document
 
 
 def provider_for(path, watch=False) -> UsersFileProvider:
@@ -89,6 +89,26 @@ def test_users_file_reload_change_malformed_revert(users_path, caplog):
     assert provider.reload_if_changed()
     assert provider.check_password("bob", USERS["bob"]["password"]) is not None
     assert provider.health() is None
+
+
+BOB_HASH = hashed(USERS["bob"]["password"])
+
+
+def test_a_user_listed_twice_is_refused(tmp_path):
+    path = tmp_path / "users.yml"
+    entry = f"    password: '{BOB_HASH}'\n"
+    path.write_text("users:\n  bob:\n" + entry + "  alice:\n" + entry + "  bob:\n" + entry)
+    with pytest.raises(UsersFileError, match=r"malformed YAML \(duplicate mapping key: 'bob'\)"):
+        parse_users_file(path)
+
+
+def test_yaml_1_2_scalars(tmp_path):
+    # YAML 1.2: `yes` and `no` are words (a display name "no" stays "no"); `disabled` takes true/false or yes/no.
+    path = tmp_path / "users.yml"
+    path.write_text(f"users:\n  no:\n    password: '{BOB_HASH}'\n    displayname: no\n"
+                    "    disabled: yes\n    groups: [on, off]\n")
+    entry = parse_users_file(path)["no"]
+    assert (entry.displayname, entry.disabled, entry.groups) == ("no", True, ["on", "off"])
 
 
 def test_watcher_picks_up_changes_without_being_asked(users_path):
