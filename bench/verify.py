@@ -39,10 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
+import yaml_rs  # noqa: E402
 
-from authportal.config import PasswordHashConfig, ServerConfig  # noqa: E402
+from authportal.config import CONFIG_PATH_ENV, PasswordHashConfig, ServerConfig  # noqa: E402
 from authportal.passwords import PasswordHasher  # noqa: E402
-from tests.portal import SEED_RULES, USERS, PortalSetup, login, resolve_example_test  # noqa: E402
+from tests.portal import SEED_RULES, USERS, PortalSetup, login, resolve_example_test, users_document  # noqa: E402
 from tests.servers import free_port, port_open, stop_process, wait_until  # noqa: E402
 from tests.servers.nginx import Nginx  # noqa: E402
 from tests.servers.redis import RedisServer  # noqa: E402
@@ -78,6 +79,7 @@ class Server:
     flavour: str  # "raw", or the portal configuration: "C" (SQLite), "CR" (Redis), "C10k", "CU" (no Basic cache)
     workers: int
     threads: int
+    runner: str = "granian"  # or one of bench/wsgi_servers.py's SERVERS (--servers)
     setup: PortalSetup | None = None
     proc: Proc | None = None
 
@@ -110,7 +112,8 @@ TOKEN = {"X-Bench-Token": "ok"}  # what L's internal location and the raw WSGI c
 
 
 def main_plan(workers: int, threads: int) -> tuple[list[Server], list[Case]]:
-    servers = [Server(key, key if key != "R" else "raw", workers, threads) for key in ("C", "CR", "C10k", "CU", "R")]
+    servers = [Server(key, key if key != "R" else "raw", workers, threads)
+               for key in ("C", "CR", "C10k", "C100kF", "CU", "R")]
     cases = [
         Case("S", "nginx static file, no auth", "static"),
         Case("L", "auth_request -> internal nginx `return 200`", "local", TOKEN),
@@ -120,15 +123,30 @@ def main_plan(workers: int, threads: int) -> tuple[list[Server], list[Case]]:
         Case("CR", "authportal verify, session cookie (Redis store)", "proxy", {}, "CR", USER),
         Case("CB", "authportal verify, Basic credentials (cached)", "proxy", AUTH, "C", USER),
         Case("C10k", "authportal verify, cookie, 10,000 extra rules", "proxy", {}, "C10k", USER),
+        Case("C100kF", "authportal verify, cookie, 100,000 users in the file", "proxy", {}, "C100kF", USER),
         Case("CU", "authportal verify, Basic, cache off (argon2 each)", "proxy", AUTH, "CU", USER, once=True,
              refusals_expected=True),
     ]
     return servers, cases
 
 
-ORDER = ["S", "L", "R", "B", "C", "CR", "CB", "C10k", "CU"]
-RATIOS = [("C", "B"), ("CR", "B"), ("CB", "C"), ("C", "R"), ("C10k", "C"), ("C", "S"), ("C", "L")]
+ORDER = ["S", "L", "R", "B", "C", "CR", "CB", "C10k", "C100kF", "CU"]
+RATIOS = [("C", "B"), ("CR", "B"), ("CB", "C"), ("C", "R"), ("C10k", "C"), ("C100kF", "C"), ("C", "S"), ("C", "L")]
 SWEEP_GRID = [(w, t) for w in (1, 2) for t in (2, 4, 8)]
+
+
+SERVERS = ["granian", "gunicorn", "uvicorn", "waitress", "bjoern"]
+
+
+def servers_plan(runners: list[str], workers: int, threads: int) -> tuple[list[Server], list[Case]]:
+    """The real portal (C) and the raw callable (R) on each WSGI server, with nginx auth_basic (B) as the yardstick."""
+    servers, cases = [], [Case("B", "nginx auth_basic, apr1 htpasswd", "basic", AUTH)]
+    for runner in runners:
+        servers += [Server(f"C@{runner}", "C", workers, threads, runner),
+                    Server(f"R@{runner}", "raw", workers, threads, runner)]
+        cases += [Case(f"C@{runner}", f"portal cookie verify on {runner}", "proxy", {}, f"C@{runner}", USER),
+                  Case(f"R@{runner}", f"raw WSGI on {runner}", "proxy", TOKEN, f"R@{runner}", "bench")]
+    return servers, cases
 
 
 def sweep_plan(grid: list[tuple[int, int]]) -> tuple[list[Server], list[Case]]:
@@ -205,12 +223,22 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def other_server(server: Server, target: str, port: int) -> list[str]:
+    """The command serving `target` (portal or raw) on a server other than granian (bench/wsgi_servers.py)."""
+    return [sys.executable, str(REPO / "bench" / "wsgi_servers.py"), server.runner, target, str(port),
+            str(server.threads)]
+
+
 def portal_proc(server: Server) -> Proc:
     assert server.setup is not None
-    command = [sys.executable, "-m", "authportal", "serve", "--config", str(server.setup.config_path),
-               "--workers", str(server.workers), "--threads", str(server.threads)]
+    config = str(server.setup.config_path)
+    if server.runner == "granian":  # what ships
+        command = [sys.executable, "-m", "authportal", "serve", "--config", config,
+                   "--workers", str(server.workers), "--threads", str(server.threads)]
+    else:
+        command = other_server(server, "portal", server.setup.port)
     return Proc(f"portal {server.key}", command, server.setup.port, server.setup.directory / "serve.log", cwd=REPO,
-                ready_path="/api/health/live")
+                ready_path="/api/health/live", env={CONFIG_PATH_ENV: config})
 
 
 def raw_proc(server: Server, port: int, workdir: Path) -> Proc:
@@ -218,6 +246,8 @@ def raw_proc(server: Server, port: int, workdir: Path) -> Proc:
     command = [str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(server.workers), "--blocking-threads", str(server.threads), "--backlog", "2048",
                "--log-level", "warning", "bench.raw_wsgi:app"]
+    if server.runner != "granian":
+        command = other_server(server, "raw", port)
     return Proc(f"raw WSGI {server.key}", command, port, workdir / f"raw-{server.key}.log", cwd=REPO,
                 env={"PYTHONPATH": str(REPO)})
 
@@ -495,6 +525,16 @@ def portal_overrides(flavour: str, redis_url: str | None) -> dict[str, Any]:
     return common
 
 
+def write_many_users(setup: PortalSetup, users: dict[str, dict[str, Any]]) -> None:
+    """The bench's users plus 100,000 more (sharing one hash: hashing each would take hours), for C100kF."""
+    document = users_document(users)
+    filler = document["users"][USER]["password"]
+    document["users"].update({f"user{i:06d}": {"password": filler, "displayname": f"User {i}", "email":
+                                               f"user{i}@example.test", "groups": ["monitoring", "dev"]}
+                              for i in range(100_000)})
+    setup.users_path.write_text(yaml_rs.dumps(document))
+
+
 def versions() -> dict[str, str]:
     def run(*command: str) -> str:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -527,6 +567,7 @@ class Bench:
         stack.callback(shutil.rmtree, self.root, ignore_errors=True)
         self.script = self.root / "report.lua"
         self.script.write_text(WRK_REPORT)
+        self.startup_s: dict[str, float] = {}  # server key -> seconds from start to answering
 
     def start(self, servers: list[Server], cases: list[Case]) -> None:
         """Start the servers the cases use (and redis for CR), then nginx; check every case."""
@@ -557,10 +598,14 @@ class Bench:
                     users = dict(USERS, **{USER: dict(USERS[USER], password=hashed)})
                 server.setup = PortalSetup(self.root / f"portal-{server.key.replace('@', '-')}",
                                            overrides=portal_overrides(server.flavour, redis_url), users=users)
+                if server.flavour == "C100kF":
+                    write_many_users(server.setup, users)
                 ports[server.key] = server.setup.port
                 server.proc = portal_proc(server)
             self.stack.callback(server.proc.stop)
+            ready = time.monotonic()
             server.proc.start()
+            self.startup_s[server.key] = time.monotonic() - ready
         resolve_example_test()
         cookies = {key: session_cookie(s.setup) for key, s in self.servers.items() if s.setup is not None}
         for case in cases:
@@ -576,6 +621,7 @@ class Bench:
             if case.server:
                 case.watch["auth"] = self.servers[case.server].proc.process.pid
             validate(case)
+        print("start-up (launch to answering): " + ", ".join(f"{k} {v:.1f} s" for k, v in self.startup_s.items()))
         settings = sorted({f"{s.workers} worker(s) x {s.threads} threads" for s in self.servers.values()})
         print(f"set up in {time.monotonic() - t0:.1f} s: nginx ({self.nginx_workers} workers), "
               f"{', '.join(self.servers) or 'no auth servers'} ({'; '.join(settings)}); every case answers 200 "
@@ -743,6 +789,33 @@ def sweep(bench: Bench, seconds: float, rounds: int, grid: list[tuple[int, int]]
     return 0
 
 
+def compare_servers(bench: Bench, seconds: float, rounds: int, runners: list[str], workers: int, threads: int,
+                    out: Path) -> int:
+    """The real portal on each WSGI server against nginx auth_basic, all running at once, in alternating rounds."""
+    servers, cases = servers_plan(runners, workers, threads)
+    bench.start(servers, cases)
+    results = bench.run_rounds([c.name for c in cases], seconds, 1.0, rounds)
+    b = results["B"]
+    print(f"\nB (nginx auth_basic): {b['rps']:,.0f} req/s, p99 {b['p99_ms']:.1f} ms")
+    print("| server | C req/s | C p99 ms | C/B | C server CPU µs/req | R req/s | R p99 ms | C/R |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for runner in runners:
+        c, r = results[f"C@{runner}"], results[f"R@{runner}"]
+        flag = "" if c["valid"] and r["valid"] else " (INVALID)"
+        print(f"| {runner}{flag} | {c['rps']:,.0f} | {c['p99_ms']:.1f} | {c['rps'] / b['rps']:.2f} "
+              f"| {c['auth_cpu_us_per_req']:.0f} | {r['rps']:,.0f} | {r['p99_ms']:.1f} | {c['rps'] / r['rps']:.2f} |")
+    document = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"nproc": os.cpu_count(), **versions()},
+        "settings": {"wrk": "-t2 -c32", "seconds_per_case": seconds, "rounds": rounds, "workers": workers,
+                     "threads": threads},
+        "cases": {name: {k: v for k, v in r.items() if k != "rounds"} for name, r in results.items()},
+    }
+    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+    return 0 if all(r["valid"] for r in results.values()) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, help="seconds per case, all rounds together (default 8; sweep 6)")
@@ -761,6 +834,10 @@ def main() -> int:
                         help="instead: workers 1/2 x threads 2/4/8 for C and R, interleaved (~2.5 min)")
     parser.add_argument("--grid", default=",".join(f"{w}x{t}" for w, t in SWEEP_GRID),
                         help="settings for --sweep, WORKERSxTHREADS comma-separated (default %(default)s)")
+    parser.add_argument("--servers", nargs="?", const=",".join(SERVERS), metavar="LIST",
+                        help="instead: the portal and the raw callable on each WSGI server, against B "
+                             f"(default {','.join(SERVERS)}; needs bench/requirements-servers.txt); "
+                             "writes bench/servers.json")
     parser.add_argument("--profile", action="store_true",
                         help="also py-spy the granian worker during R and C (needs py-spy; writes bench/out/)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results.json", help="where to write results")
@@ -785,6 +862,9 @@ def main() -> int:
         if args.sweep:
             grid = [(int(w), int(t)) for w, t in (item.split("x") for item in args.grid.split(","))]
             return sweep(bench, 4 if args.quick else args.duration or 6, args.rounds, grid)
+        if args.servers:
+            return compare_servers(bench, seconds, args.rounds, args.servers.split(","), args.workers, args.threads,
+                                   REPO / "bench" / "servers.json")
         servers, cases = main_plan(args.workers, args.threads)
         bench.start(servers, [c for c in cases if c.name in wanted])
         names = [n for n in ORDER if n in wanted]
@@ -803,7 +883,7 @@ def main() -> int:
                 if name in bench.cases:
                     bench.profile(bench.cases[name], seconds, REPO / "bench" / "out")
         ratios = print_table(results, bench.cases)
-        inprocess = inprocess_costs(bench, [n for n in ("C", "CR", "CB", "C10k") if n in bench.cases])
+        inprocess = inprocess_costs(bench, [n for n in ("C", "CR", "CB", "C10k", "C100kF") if n in bench.cases])
         if inprocess:
             print("in-process (no server, no nginx), µs of Python per verify: "
                   + "  ".join(f"{name} {cost:.1f}" for name, cost in inprocess.items()))
@@ -821,6 +901,7 @@ def main() -> int:
             "ratios": {name: round(value, 3) for name, value, _, _ in ratios},
             "ratio_ranges_within_rounds": {name: [round(low, 3), round(high, 3)] for name, _, low, high in ratios},
             "inprocess_us_per_verify": {name: round(cost, 2) for name, cost in inprocess.items()},
+            "startup_s": {name: round(value, 2) for name, value in bench.startup_s.items()},
             "all_valid": all(r["valid"] for r in results.values()),
             "noisy_cases": [name for name, r in results.items() if r.get("noisy")],
         }
