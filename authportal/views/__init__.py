@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, abort, current_app, g, make_response, render_template, request
+from flask import Flask, Response, abort, current_app, g, request
 
 from ..app import Portal
 from ..sessions import SessionStoreUnavailable
@@ -51,24 +51,32 @@ def check_csrf() -> None:
         abort(400, description="The form expired or was not sent by this site. Reload the page and try again.")
 
 
-def admitted(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Run a password-checking view only while request threads stay free for verifies; else 503 at once."""
+def admitted(busy_page: Callable[[], Response]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Run a password-checking POST only while request threads stay free for verifies.
 
-    @functools.wraps(view)
-    def gated(*args: Any, **kwargs: Any) -> Response:
-        gate = current_portal().login_gate
-        if not gate.acquire(blocking=False):
-            page = render_template("error.html", title="Busy",
-                                   message="Too many sign-ins at this moment. Please try again in a second.")
-            response = make_response(page, 503)
-            response.headers["Retry-After"] = "1"
-            return response
-        try:
-            return view(*args, **kwargs)
-        finally:
-            gate.release()
+    Beyond that the answer comes at once: `busy_page()` (the same form again, with a message) as a 503 with
+    `Retry-After`, so the thread goes back to the verifies instead of waiting for a slot. GETs are not gated.
+    """
 
-    return gated
+    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def gated(*args: Any, **kwargs: Any) -> Response:
+            if request.method != "POST":
+                return view(*args, **kwargs)
+            gate = current_portal().login_gate
+            if not gate.acquire(blocking=False):
+                response = busy_page()
+                response.status_code = 503
+                response.headers["Retry-After"] = "1"
+                return response
+            try:
+                return view(*args, **kwargs)
+            finally:
+                gate.release()
+
+        return gated
+
+    return decorate
 
 
 def session_id() -> str | None:

@@ -13,7 +13,7 @@ from ..config import parse_duration
 from ..identity import TWO_FACTOR
 from ..storage import StorageUnavailable
 from . import admitted, check_csrf, current_portal, current_session, session_id
-from .login import BAD_CODE, BAD_CREDENTIALS, UNAVAILABLE, form_rd, promote_session, target_url
+from .login import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, target_url
 
 bp = Blueprint("account", __name__)
 
@@ -37,7 +37,7 @@ def _save(session: dict[str, Any]) -> None:
 
 
 @bp.route("/2fa/setup", methods=["GET", "POST"])
-@admitted
+@admitted(lambda: make_response(render_template("error.html", title="Busy", message=BUSY)))
 def totp_setup() -> Response:
     session = _require_session()
     portal = current_portal()

@@ -30,6 +30,7 @@ bp = Blueprint("login", __name__)
 BAD_CREDENTIALS = "Incorrect username or password."
 BAD_CODE = "Incorrect or already used code."
 UNAVAILABLE = "The login service is unavailable right now. Please try again in a moment."
+BUSY = "Many people are signing in right now. Please try again in a second."
 
 
 def target_url() -> str | None:
@@ -101,7 +102,7 @@ def index() -> Response:
 
 
 @bp.post("/login")
-@admitted
+@admitted(lambda: _login_page(BUSY, 503, request.form.get("username", "").strip()))
 def login() -> Response:
     check_csrf()
     portal = current_portal()
@@ -153,7 +154,7 @@ def login() -> Response:
 
 
 @bp.route("/2fa", methods=["GET", "POST"])
-@admitted
+@admitted(lambda: make_response(render_template("second_factor.html", error=BUSY, rd=form_rd())))
 def second_factor() -> Response:
     session = current_session()
     url = target_url()
