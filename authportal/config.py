@@ -7,6 +7,7 @@ levels) and every secret ``X`` may be given as ``X_file`` instead.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -530,10 +531,12 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:
                 break
             node = child
         else:
-            try:
-                node[path[-1]] = parse_yaml(value) if value.strip() else value
-            except YamlError:
-                node[path[-1]] = value
+            # Text, converted to the key's type by validation: read as YAML, a secret such as `abc #1` or
+            # `0123` would lose its tail or turn into a number. Only a flow list/mapping is YAML.
+            node[path[-1]] = value
+            if value.lstrip()[:1] in ("[", "{"):
+                with contextlib.suppress(YamlError):  # malformed: validation names the key
+                    node[path[-1]] = parse_yaml(value)
     return problems
 
 

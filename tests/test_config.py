@@ -133,6 +133,22 @@ def test_environment_overrides_and_secret_files(portal_setup, tmp_path):
     assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.0/8"]
 
 
+def test_environment_values_are_text_converted_to_the_key_type(portal_setup):
+    # A secret with " #" or only digits stays exactly as given (YAML would cut a comment or make a number).
+    for secret in ["k" * 40 + " #tail", "0123456789" * 4, "[not-a-list" + "z" * 32]:
+        config = load_config(portal_setup.config_path, {"AUTHPORTAL_SECRET_KEY": secret})
+        assert config.secret_key.get_secret_value() == secret
+    config = load_config(portal_setup.config_path, {
+        "AUTHPORTAL_SESSION__COOKIE_SECURE": "False", "AUTHPORTAL_SESSION__INACTIVITY": "600",
+        "AUTHPORTAL_SERVER__THREADS": "7", "AUTHPORTAL_ACCESS_CONTROL__DEFAULT_POLICY": "one_factor",
+    })
+    assert (config.session.cookie_secure, config.session.inactivity, config.server.threads,
+            config.access_control.default_policy) == (False, 600.0, 7, "one_factor")
+    with pytest.raises(ConfigError) as caught:
+        load_config(portal_setup.config_path, {"AUTHPORTAL_SERVER__THREADS": "many"})
+    assert "server.threads: " in str(caught.value)
+
+
 def test_secret_and_secret_file_together_is_an_error(portal_setup, tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("y" * 40)
