@@ -116,6 +116,7 @@ def test_wrong_password_in_the_browser_stays_on_the_login_page(browser, stack, u
         assert page.locator("[role=alert]").inner_text() == "Incorrect username or password."
         assert page.locator("#username").input_value() == "bob"  # kept, the password is not
         assert page.locator("#password").input_value() == ""
+        assert page.locator("#password").evaluate("e => e === document.activeElement")  # type it again at once
         assert not [seen for seen in upstream.requests if seen.path.startswith("/prometheus/wrong-password-check")]
         sign_in(page, "bob")  # the rd survived the failed attempt
         page.wait_for_url(url)
