@@ -88,7 +88,7 @@ def run(config: Config, config_path: str, workers: int | None = None, threads: i
         "authportal.server:worker_app", address=config.server.host, port=config.server.port,
         interface=Interfaces.WSGI, workers=workers, blocking_threads=threads, factory=True,
         log_enabled=True, log_access=False, backlog=2048, respawn_failed_workers=True,
-        workers_kill_timeout=10, respawn_interval=1.0,
+        workers_kill_timeout=10, respawn_interval=1.0, websockets=False,
     )
     server.on_reload(lambda: reload_config(config_path))
     server.serve()
