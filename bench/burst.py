@@ -56,8 +56,10 @@ def wrk(port: int, cookie: str, seconds: int) -> subprocess.Popen:
 
 def parse(output: str) -> dict[str, float]:
     def ms(text: str) -> float:
-        value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+        found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+        if found is None:
+            raise SystemExit(f"cannot read wrk's latency {text!r} in:\n{output}")
+        return float(found[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[found[2]]
 
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1]),
             "p50_ms": ms(re.search(r"50%\s+(\S+)", output)[1]), "p99_ms": ms(re.search(r"99%\s+(\S+)", output)[1]),
