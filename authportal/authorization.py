@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .config import AccessControlConfig, AccessRule
 
@@ -69,6 +69,34 @@ def normalise_host(host: str) -> str:
     elif host.count(":") == 1:
         host = host.partition(":")[0]
     return host.rstrip(".")
+
+
+def normalise_path(target: str) -> str:
+    """A request target (path plus raw ``?query``) as the proxy routes it, which is what the rules must judge.
+
+    The path is percent-decoded once, ``.``/``..`` segments are resolved and repeated slashes merged — what
+    nginx makes of it (``$uri``) and what Caddy and most applications do. Matching the raw path instead would let
+    ``/public/../prometheus/`` pass as a public path and ``/api/v1/%61dmin/`` slip past an ``admin`` rule. A
+    decoded ``?`` or ``#`` stays encoded, so the query still starts at the first ``?``. ValueError when the path
+    climbs above the root (nginx answers that with 400) or decodes to a NUL.
+    """
+    path, sep, query = target.partition("?")
+    if "%" not in path and "/." not in path and "//" not in path:
+        return target  # nothing to resolve: the common case costs three substring checks
+    decoded = unquote(path, errors="surrogateescape")
+    if "\x00" in decoded:
+        raise ValueError("the path decodes to a NUL")
+    segments: list[str] = []
+    for segment in decoded.split("/"):
+        if segment == "..":
+            if not segments:
+                raise ValueError("the path climbs above the root")
+            segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment.replace("?", "%3F").replace("#", "%23"))
+    last = decoded.rpartition("/")[2]
+    trailing = "/" if segments and last in ("", ".", "..") else ""
+    return "/" + "/".join(segments) + trailing + sep + query
 
 
 class AccessRules:
@@ -152,7 +180,7 @@ class AccessRules:
         user: str | None,
         groups: frozenset[str],
     ) -> Decision:
-        """First matching rule's decision; ``path`` is the path plus ``?query`` when there is one."""
+        """First matching rule's decision; ``path`` is the normalised path (`normalise_path`) plus ``?query``."""
         method = method.upper()
         address: tuple[int, int] | None = None
         for rule in self._rules_for(host):
@@ -190,5 +218,8 @@ class AccessRules:
     ) -> str:
         """The policy for an absolute URL: does the ``rd`` target after login need two_factor?"""
         parts = urlsplit(url)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            path = normalise_path((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        except ValueError:
+            return "two_factor"  # no proxy would route it; ask for the most, verify refuses it anyway
         return self.decide(parts.netloc.rpartition("@")[2], path, method, client_ip, user, groups).policy

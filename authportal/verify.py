@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .audit import audit
-from .authorization import AccessRules
+from .authorization import AccessRules, normalise_path
 from .config import Config
 from .identity import TWO_FACTOR, Identity
 from .machine_auth import Busy, MachineAuthenticator
@@ -96,6 +96,10 @@ class Verifier:
             raise BadRequest(f"peer {peer} is not in server.trusted_proxies: its X-Original-*/X-Forwarded-* "
                              "headers are not believed")
         scheme, host, path, method = _original_request(environ, forward)
+        try:  # the rules judge the path the proxy routes on; the login page's rd keeps the URL as sent
+            target = normalise_path(path)
+        except ValueError as exc:
+            raise BadRequest(f"malformed original URL: {exc}") from None
         client_ip = self.proxies.client_ip(environ)
         url = f"{scheme}://{host}{path}"
 
@@ -104,7 +108,7 @@ class Verifier:
         if machine_header is None:
             identity = self._session_identity(environ)
         # the rules normalise the host (case, port, trailing dot) the same way as their own domains, cached
-        decision = self.rules.decide(host, path, method, client_ip,
+        decision = self.rules.decide(host, target, method, client_ip,
                                      identity.user if identity else None,
                                      identity.groups if identity else frozenset())
         basic_allowed = self.basic_default if decision.basic_auth is None else decision.basic_auth
@@ -116,7 +120,7 @@ class Verifier:
                 return Outcome(401, [("Retry-After", "1"), ("WWW-Authenticate", self.www_authenticate)],
                                decision.policy, "busy")
             if identity is not None:
-                decision = self.rules.decide(host, path, method, client_ip, identity.user, identity.groups)
+                decision = self.rules.decide(host, target, method, client_ip, identity.user, identity.groups)
         policy = decision.policy
 
         if policy == "bypass":

@@ -39,6 +39,7 @@ __all__ = [
     "test_client_cannot_forge_identity_headers",
     "test_client_cannot_make_the_portal_check_another_url",
     "test_carol_without_group_is_forbidden",
+    "test_an_encoded_path_gets_the_rule_of_the_path_it_means",
     "test_audit_log_has_the_real_client_address",
     "test_method_reaches_the_rules",
     "test_public_path_is_open",
@@ -131,6 +132,17 @@ def test_carol_without_group_is_forbidden(tag, app, auth, upstream):
     answer = carol.get(f"{app}/prometheus/graph?who=carol-{tag}", allow_redirects=False, timeout=5)
     assert answer.status_code == 403
     assert reached(upstream, f"/prometheus/graph?who=carol-{tag}") == []
+
+
+def test_an_encoded_path_gets_the_rule_of_the_path_it_means(tag, app, auth, upstream):
+    """`%61dmin` is `admin` to the application: alice's one factor must not open the two-factor admin API."""
+    alice = logged_in(auth, "alice")
+    assert alice.get(f"{app}/prometheus/graph?who=alice-{tag}", allow_redirects=False, timeout=5).status_code == 200
+    for path in (f"/prometheus/api/v1/admin/tsdb/snapshot?m={tag}", f"/prometheus/api/v1/%61dmin/tsdb/snapshot?m={tag}",
+                 f"/prometheus/api/v1/admin%2Ftsdb/snapshot?m={tag}"):
+        answer = alice.post(app + path, allow_redirects=False, timeout=5)
+        assert answer.status_code in (302, 401), path
+        assert reached(upstream, path) == []
 
 
 def test_audit_log_has_the_real_client_address(tag, app, auth, portal):

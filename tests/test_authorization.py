@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from authportal.authorization import AccessRules, Decision
+from authportal.authorization import AccessRules, Decision, normalise_path
 from authportal.config import AccessControlConfig
 
 NETWORKS = [{"name": "internal", "networks": ["10.0.0.0/8", "fd00::/8"]}]
@@ -152,6 +152,33 @@ def test_required_policy_splits_url():
     assert access.required_policy(f"https://{P}/", "GET", ip, "u", frozenset({"ops"})) == "two_factor"
     assert access.required_policy(f"https://{P.upper()}", "GET", ip, "u", nobody) == "one_factor"
     assert access.required_policy("https://other.example.com/", "GET", ip, "u", nobody) == "deny"
+    # judged on the path a proxy would route: dot segments and encodings resolved; nonsense asks for the most
+    assert access.required_policy(f"https://{P}/x/../api/v1/%61dmin/y?x=1", "GET", ip, "u", nobody) == "two_factor"
+    assert access.required_policy(f"https://{P}/../api", "GET", ip, "u", nobody) == "two_factor"
+
+
+@pytest.mark.parametrize("target, normalised", [
+    ("/", "/"),
+    ("/prometheus/graph?g0.expr=up", "/prometheus/graph?g0.expr=up"),       # the common case is left alone
+    ("/.well-known/x", "/.well-known/x"),
+    ("/public/../prometheus/", "/prometheus/"),
+    ("/public/%2e%2E/prometheus/x", "/prometheus/x"),
+    ("/public/..%2Fprometheus/x", "/prometheus/x"),                          # %2F is a slash to nginx too
+    ("//prometheus///x", "/prometheus/x"),                                   # merge_slashes, nginx's default
+    ("/a/./b/.", "/a/b/"), ("/a/b/..", "/a/"), ("/a/..", "/"),
+    ("/api/v1/%61dmin/x?q=%2e%2e/../y", "/api/v1/admin/x?q=%2e%2e/../y"),    # the query stays as sent
+    ("/a%3Fb/c%23d?e", "/a%3Fb/c%23d?e"),                                    # a decoded ? never starts the query
+    ("/%252e%252e/x", "/%2e%2e/x"),                                          # decoded once, like nginx
+    ("/caf%C3%A9/", "/café/"),
+])
+def test_normalise_path(target, normalised):
+    assert normalise_path(target) == normalised
+
+
+@pytest.mark.parametrize("target", ["/..", "/../x", "/a/../../x", "/%2e%2e/x", "/a/%2E./../x", "/a%00b", "/x/%00"])
+def test_normalise_path_refuses_climbing_above_the_root_and_nul(target):
+    with pytest.raises(ValueError):
+        normalise_path(target)
 
 
 def test_overlong_host_matches_no_domain_rule():

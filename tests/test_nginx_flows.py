@@ -9,6 +9,7 @@ so the tests see what the application saw (Remote-* headers) and what it never s
 from __future__ import annotations
 
 import html
+import http.client
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -222,6 +223,34 @@ def test_machine_client_with_basic_credentials_gets_through(stack, upstream):
     refused = requests.get(wrong, auth=("bob", "wrong"), allow_redirects=False, timeout=10)
     assert refused.status_code in (302, 401) and "Remote-User" not in refused.text
     assert reached(upstream, wrong) == []
+
+
+def raw_request(stack: NginxStack, method: str, target: str, **headers: str) -> int:
+    """Send `target` exactly as written (no client-side clean-up of `..` or `%2e`); the status nginx answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+    try:
+        conn.request(method, target, headers={"Host": f"app.example.test:{stack.port}", **headers})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("stack", ["seed-layout", "ingress-nginx"], indirect=True)  # the layouts with /public/
+def test_dot_segments_and_encodings_cannot_smuggle_a_path_past_its_rule(stack, upstream):
+    """nginx routes on the cleaned path; the portal must judge that path, not the raw one it is sent."""
+    marker = f"smuggled-{stack.name}"
+    for target in (f"/public/../prometheus/{marker}-1", f"/public/%2e%2e/prometheus/{marker}-2",
+                   f"/public/..%2Fprometheus/{marker}-3", f"/public//../prometheus/{marker}-4"):
+        assert raw_request(stack, "GET", target, Accept="text/html") in (302, 401), target
+    # alice has one factor: Prometheus yes, its admin API (two_factor) no, however the path is spelled
+    alice = logged_in(stack, "alice", prometheus_url(stack, f"{marker}-login"))
+    cookie = f"{COOKIE}={alice.cookies.get(COOKIE)}"
+    assert raw_request(stack, "GET", f"/prometheus/{marker}-alice", Cookie=cookie) == 200
+    for target in (f"/prometheus/api/v1/admin/{marker}-5", f"/prometheus/api/v1/%61dmin/{marker}-6",
+                   f"/prometheus/api/v1/x/../admin/{marker}-7", f"/prometheus/api//v1/admin/{marker}-8"):
+        assert raw_request(stack, "POST", target, Cookie=cookie, Accept="text/html") in (302, 401), target
+    assert [seen.path for seen in upstream.requests if marker in seen.path and "alice" not in seen.path
+            and "login" not in seen.path] == []
 
 
 # -- layout-specific ------------------------------------------------------------------------------------

@@ -56,6 +56,47 @@ def test_decisions_for_logged_in_users(client, user, url, method, status):
     assert (response.headers.get("Remote-User") == user) == (status == 200)
 
 
+ADMIN = "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot"
+
+
+@pytest.mark.parametrize("disguised", [
+    "/public/../prometheus/graph", "/public/%2e%2e/prometheus/graph", "/public/%2E%2E/prometheus/graph",
+    "/public/..%2Fprometheus/graph", "/public/.%2e/prometheus/graph", "/public//../prometheus/graph",
+    "/public/./../prometheus/graph", "/public/x/../../prometheus/graph",
+])
+def test_a_public_prefix_cannot_disguise_a_protected_path(client, disguised):
+    """nginx routes `/public/../prometheus/graph` to the Prometheus location: the rules must see that path too."""
+    url = "http://app.example.test" + disguised
+    assert verify(client, url).status_code == 401
+    assert forward_auth(client, uri=disguised).status_code == 401
+    assert verify(client, "http://app.example.test/prometheus/../public/x").status_code == 200  # and the reverse
+    post_login(client, "carol")  # logged in, but not in monitoring: Prometheus stays closed to her
+    assert verify(client, url).status_code == 403
+    post_login(client, "bob")
+    response = verify(client, url)
+    assert response.status_code == 200 and response.headers["Remote-User"] == "bob"
+
+
+@pytest.mark.parametrize("disguised", [
+    "/prometheus/api/v1/%61dmin/tsdb/snapshot", "/prometheus/api/v1/admin%2Ftsdb/snapshot",
+    "/prometheus//api/v1/admin/tsdb/snapshot", "/prometheus/api/v1/x/../admin/tsdb/snapshot",
+    "/prometheus/api/./v1/admin/tsdb/snapshot",
+])
+def test_an_encoded_path_cannot_skip_the_two_factor_rule(client, disguised):
+    post_login(client, "alice")  # one factor: enough for Prometheus, not for its admin API
+    assert verify(client, ADMIN, "POST").status_code == 401
+    assert verify(client, "http://app.example.test" + disguised, "POST").status_code == 401
+    assert forward_auth(client, uri=disguised, method="POST").status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/../prometheus/graph", "/%2e%2e/prometheus/graph", "/public/%00/x"])
+def test_a_path_above_the_root_or_with_a_nul_is_a_bad_request(client, path):
+    post_login(client, "bob")
+    response = verify(client, "http://app.example.test" + path)
+    assert response.status_code == 400 and b"malformed original URL" in response.get_data()
+    assert "Remote-User" not in response.headers
+
+
 def test_bypass_needs_no_login(client):
     response = verify(client, "http://app.example.test/public/index.html")
     assert response.status_code == 200 and "Remote-User" not in response.headers
