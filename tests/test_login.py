@@ -131,6 +131,15 @@ def test_login_without_csrf_token_is_refused(client):
     assert session_cookie(client) is None
 
 
+@pytest.mark.parametrize("token", ["é" * 64, "\x00", "x" * 10_000])
+def test_a_malformed_csrf_token_is_a_400_not_a_500(client, token):
+    page(client)
+    response = client.post("/login", base_url=PORTAL, data={
+        "username": "bob", "password": USERS["bob"]["password"], "csrf_token": token})
+    assert response.status_code == 400 and "Reload the page" in response.get_data(as_text=True)
+    assert session_cookie(client) is None
+
+
 def test_csrf_token_from_another_browser_is_refused(app, client):
     stolen = csrf(ProxiedClient(app))
     page(client)

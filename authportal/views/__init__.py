@@ -47,7 +47,8 @@ def _csrf_for(seed: str) -> str:
 def check_csrf() -> None:
     seed = request.cookies.get(csrf_cookie_name(), "")
     sent = request.form.get("csrf_token", "")
-    if len(seed) != 43 or not hmac.compare_digest(sent, _csrf_for(seed)):
+    # bytes: compare_digest raises on non-ASCII text, and a form field may hold anything
+    if len(seed) != 43 or not hmac.compare_digest(sent.encode(), _csrf_for(seed).encode()):
         abort(400, description="The form expired or was not sent by this site. Reload the page and try again.")
 
 
