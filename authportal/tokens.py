@@ -62,8 +62,8 @@ class TokenService:
                scope: list[str] | tuple[str, ...] = ()) -> tuple[str, TokenInfo]:
         """A new token (to show once) and its info; `scope` narrows it to some of the owner's subjects."""
         name = name.strip()
-        if not name or len(name) > 128:
-            raise ValueError("the token name must be 1 to 128 characters")
+        if not name or len(name) > 128 or not name.isprintable():
+            raise ValueError("the token name must be 1 to 128 printable characters")
         if expires_in is not None and expires_in <= 0:
             raise ValueError("the expiry must be a positive duration")
         scope = tuple(_check_subject(s) for s in scope)

@@ -105,7 +105,8 @@ def test_list_filters_by_owner(service):
 
 
 @pytest.mark.parametrize("name,expires,scope", [
-    ("", None, []), ("x" * 129, None, []), ("ok", 0, []), ("ok", -5, []),
+    ("", None, []), ("x" * 129, None, []), ("ok", 0, []), ("ok", -5, []), ("nul\x00name", None, []),
+    ("new\nline", None, []),
     ("ok", None, ["monitoring"]), ("ok", None, ["group:"]), ("ok", None, ["group:a,b"]),
 ])
 def test_invalid_requests_refused(service, name, expires, scope):

@@ -254,6 +254,11 @@ def test_revoking_a_token_on_the_page_takes_effect_at_once(app, client):
     assert verify(machine, Authorization=f"Bearer {secret}").status_code == 401
     # the page never shows the token again
     assert secret not in client.get("/tokens", base_url=PORTAL).get_data(as_text=True)
+    # nonsense is refused with a reason, never a 500 (a NUL is also something PostgreSQL cannot store)
+    refused = client.post("/tokens", base_url=PORTAL, data={"csrf_token": token, "name": "a\x00b", "expires": "1d"})
+    assert refused.status_code == 400 and "printable characters" in refused.get_data(as_text=True)
+    assert client.post(f"/tokens/{2**64}/revoke", base_url=PORTAL, data={"csrf_token": token}).status_code == 404
+    assert [t.name for t in app.portal.tokens.list("bob")] == ["grafana"]
 
 
 def test_credentials_cache_holds_no_password_and_checks_once(app, client):

@@ -117,15 +117,19 @@ def tokens() -> Response:
         if not name:
             error = "Give the token a name (what will use it)."
         if error is None:
-            created, info = portal.tokens.create(session["user"], name, expires or None, [])
-            audit("token_create", user=session["user"], token_name=name, token_id=info.id,
-                  ip=portal.proxies.client_ip(request.environ))
+            try:
+                created, info = portal.tokens.create(session["user"], name, expires or None, [])
+            except ValueError as exc:
+                error = str(exc).capitalize() + "."
+            else:
+                audit("token_create", user=session["user"], token_name=name, token_id=info.id,
+                      ip=portal.proxies.client_ip(request.environ))
     page = render_template("tokens.html", tokens=portal.tokens.list(session["user"]), created=created,
                            error=error, now=time.time())
     return make_response(page, 400 if error else 200)
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<int(max=9223372036854775807):token_id>/revoke")  # a database integer
 def revoke_token(token_id: int) -> Response:
     session = _require_session()
     check_csrf()
