@@ -26,6 +26,12 @@ class RegulationUnavailable(Exception):
     """The ban store cannot answer: logins are refused (fail closed)."""
 
 
+def user_key(username: str) -> str:
+    """The account a name means to a directory: LDAP and AD match names ignoring case and surrounding or
+    repeated spaces (` Alice `, `ALICE` and `alice` are one account), so they must share one failure count."""
+    return " ".join(username.split()).casefold()
+
+
 class Regulator:
     def __init__(self, config: RegulationConfig, storage_uri: str = "memory://", **storage_options: object):
         """`storage_uri` is a `limits` storage (memory:// or the sessions' redis://), options go to its client."""
@@ -40,7 +46,7 @@ class Regulator:
     def is_banned(self, username: str | None, client_ip: str) -> bool:
         """Whether the user (None: no user, e.g. an API token) or the client IP is banned."""
         try:
-            if username is not None and not self._limiter.test(self._ban, "user", username.lower()):
+            if username is not None and not self._limiter.test(self._ban, "user", user_key(username)):
                 return True
             return self._ip_failures is not None and not self._limiter.test(self._ban, "ip", client_ip)
         except Exception as exc:  # the storage's own errors (redis) vary by backend
@@ -50,7 +56,7 @@ class Regulator:
         """Count one failure (against the IP only when `username` is None); returns the bans imposed."""
         imposed = []
         try:
-            checks = [] if username is None else [("user", username.lower(), self._user_failures)]
+            checks = [] if username is None else [("user", user_key(username), self._user_failures)]
             if self._ip_failures is not None:
                 checks.append(("ip", client_ip, self._ip_failures))
             for kind, key, limit in checks:
@@ -67,7 +73,7 @@ class Regulator:
 
     def record_success(self, username: str) -> None:
         try:
-            self._limiter.clear(self._user_failures, username.lower())
+            self._limiter.clear(self._user_failures, user_key(username))
         except Exception as exc:
             raise RegulationUnavailable(str(exc)) from exc
 

@@ -56,6 +56,16 @@ def test_filter_injection_through_the_login_form_is_refused(ldap_stack, username
     assert refused.status_code == 401 and "Incorrect username or password." in refused.text
 
 
+def test_guessing_through_spelling_variants_is_banned_like_guessing_one_name(ldap_stack, upstream):
+    """slapd binds ` JSMITH ` as jsmith (case and outer spaces are insignificant): the variants share one count."""
+    url = ldap_stack.url("app.example.test", "/prometheus/api/v1/query?query=up&who=jsmith-variants")
+    for variant in ("jsmith ", " jsmith", "JSMITH", " JSmith ", "jsmith  "):  # max_retries: 5
+        assert requests.get(url, auth=(variant, "wrong"), allow_redirects=False, timeout=10).status_code == 401
+    refused = requests.get(url, auth=("jsmith", SlapdServer.PASSWORDS["jsmith"]), allow_redirects=False, timeout=10)
+    assert refused.status_code == 401
+    assert [seen for seen in upstream.requests if "jsmith-variants" in seen.path] == []
+
+
 def test_directory_down_refuses_logins_but_not_existing_sessions(tmp_path, slapd_fresh):
     setup = PortalSetup(tmp_path, overrides={"authentication": slapd_backend(slapd_fresh)})
     with ServedPortal(setup):

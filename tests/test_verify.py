@@ -404,6 +404,20 @@ def test_a_ban_from_the_login_form_also_refuses_basic(portal_setup):
         app.close()
 
 
+def test_spelling_variants_of_a_name_share_one_failure_count(portal_setup):
+    """A directory takes ` Carol `, `CAROL` and `carol` as one account: guessing through variants still bans."""
+    app = regulated_app(portal_setup)
+    try:
+        client = ProxiedClient(app)
+        for variant in ("carol ", " CAROL", "Carol  "):
+            assert verify(client, Authorization=basic(variant, "wrong")).status_code == 401
+        assert verify(client, Authorization=basic("carol")).status_code == 401  # banned: right password refused
+        assert post_login(client, "carol").status_code == 401
+        assert verify(client, Authorization=basic("bob")).status_code == 200  # others are not affected
+    finally:
+        app.close()
+
+
 def test_refused_tokens_get_a_bearer_challenge(client):
     response = verify(client, Authorization="Bearer ap_" + "y" * 43)
     assert response.status_code == 401
