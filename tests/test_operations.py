@@ -94,7 +94,7 @@ def test_audit_log_is_json_lines_with_the_facts(tmp_path):
 
 def test_health_reports_each_backend(tmp_path):
     setup = PortalSetup(tmp_path)
-    with ServedPortal(setup):
+    with ServedPortal(setup) as served:
         url = f"http://127.0.0.1:{setup.port}"
         ready = requests.get(url + "/api/health")
         assert ready.status_code == 200
@@ -107,6 +107,12 @@ def test_health_reports_each_backend(tmp_path):
             return answer.status_code == 503 and answer.json()["checks"]["users_file"]["status"] == "down"
 
         wait_until(down, timeout=5, what="health to report the broken users file")
+        # which backend, not why: the reason (here a path on the server) is for the log only
+        assert requests.get(url + "/api/health").json() == {"status": "down", "checks": {
+            "users_file": {"status": "down"}, "storage": {"status": "ok"}}}
+        assert str(setup.users_path) not in requests.get(url + "/api/health").text
+        wait_until(lambda: f"backend users_file is down: {setup.users_path}: malformed YAML" in served.log.read_text(),
+                   timeout=5, what="the reason in the log")
         assert requests.get(url + "/api/health/live").status_code == 200  # still serving
 
 
