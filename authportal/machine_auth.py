@@ -25,6 +25,7 @@ from .identity import ONE_FACTOR, Identity
 from .metrics import Metrics
 from .regulation import RegulationUnavailable, Regulator
 from .storage import StorageUnavailable
+from .tokens import PREFIX
 
 log = logging.getLogger("authportal.machine_auth")
 
@@ -133,6 +134,17 @@ class MachineAuthenticator:
         self.regulator = regulator
         self.metrics = metrics
         self.gate = gate  # shared with the login form: checks never take the threads verifies need
+
+    def ours(self, header: str) -> bool:
+        """Whether an Authorization value is a credential for the portal: Basic, or one of its `ap_` tokens.
+
+        Anything else (a Kubernetes token the dashboard sends, an app's own JWT, Negotiate) belongs to the
+        application behind the proxy: judging it would refuse a signed-in user and count failures against
+        their address until it is banned.
+        """
+        if header[:6].lower() == "basic ":
+            return True
+        return header[:7].lower() == "bearer " and self.tokens is not None and header[7:].lstrip().startswith(PREFIX)
 
     def authenticate(self, header: str, client_ip: str) -> Identity | None:
         """A repeat caller costs one keyed hash of its header and a dict lookup; parsing happens on a miss."""

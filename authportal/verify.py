@@ -104,7 +104,7 @@ class Verifier:
         url = f"{scheme}://{host}{path}"
 
         identity: Identity | None = None
-        machine_header = environ.get("HTTP_AUTHORIZATION") or environ.get("HTTP_PROXY_AUTHORIZATION")
+        machine_header = self._credential(environ)
         if machine_header is None:
             identity = self._session_identity(environ)
         # the rules normalise the host (case, port, trailing dot) the same way as their own domains, cached
@@ -136,6 +136,14 @@ class Verifier:
                 return Outcome(403, [], policy, "forbidden")
             return self._unauthorized(url, forward, False, environ, method, policy, None)
         return Outcome(200, list(identity.headers), policy, "allowed")
+
+    def _credential(self, environ: dict[str, Any]) -> str | None:
+        """The portal credential on the request (Authorization, else Proxy-Authorization); others' are ignored."""
+        for key in ("HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION"):
+            header = environ.get(key)
+            if header and self.machines.ours(header):
+                return header
+        return None
 
     def _session_identity(self, environ: dict[str, Any]) -> Identity | None:
         cookies = environ.get("HTTP_COOKIE")

@@ -185,12 +185,35 @@ def test_basic_auth_grants_like_a_session(client):
 
 
 @pytest.mark.parametrize("header", [basic("bob", "wrong"), basic("nobody", "x"), basic("dave"),
-                                    "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode(), "Digest x"])
+                                    "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode()])
 def test_bad_basic_credentials_get_a_challenge_not_a_redirect(client, header):
     response = verify(client, Authorization=header, Accept="text/html")
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Basic realm="authportal"'
     assert "Remote-User" not in response.headers
+
+
+@pytest.mark.parametrize("foreign", ["Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln", "Bearer k8s-dashboard-token",
+                                     "Negotiate YIIBhwYGKwYBBQUCoII=", "Digest username=\"bob\""])
+def test_another_systems_credential_is_left_to_the_application(portal_setup, foreign):
+    """A signed-in user whose browser sends the app's own token (the Kubernetes dashboard does) stays signed in,
+    and the foreign token never counts as a failed guess against their address."""
+    from authportal.app import create_app
+    from authportal.config import load_config
+
+    portal_setup.write(regulation={"max_retries": 3, "ip_max_retries": 3})
+    app = create_app(load_config(portal_setup.config_path))
+    try:
+        client = ProxiedClient(app)
+        anonymous = verify(client, Authorization=foreign, Accept="text/html")
+        assert anonymous.status_code == 401 and "WWW-Authenticate" not in anonymous.headers  # to the login page
+        post_login(client, "bob")
+        for _ in range(6):  # twice the failures that would ban the address
+            answer = verify(client, Authorization=foreign)
+            assert answer.status_code == 200 and answer.headers["Remote-User"] == "bob"
+        assert verify(ProxiedClient(app), Authorization=basic("bob")).status_code == 200  # address not banned
+    finally:
+        app.close()
 
 
 def test_proxy_authorization_is_accepted(client):
