@@ -225,6 +225,15 @@ def test_machine_client_with_basic_credentials_gets_through(stack, upstream):
     assert reached(upstream, wrong) == []
 
 
+def test_a_signed_in_user_may_carry_the_apps_own_bearer_token(stack, upstream):
+    """Apps like the Kubernetes dashboard send their own `Authorization: Bearer` from the browser: not the portal's."""
+    url = prometheus_url(stack, f"{stack.name}-own-token")
+    http = logged_in(stack, "bob", url)
+    answer = browser_get(http, url, headers={"Authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"})
+    assert answer.status_code == 200 and answer.json()["headers"]["Remote-User"] == "bob"
+    assert answer.json()["headers"]["Authorization"] == "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"  # the app gets it
+
+
 def raw_request(stack: NginxStack, method: str, target: str, **headers: str) -> int:
     """Send `target` exactly as written (no client-side clean-up of `..` or `%2e`); the status nginx answers."""
     conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
