@@ -112,7 +112,14 @@ class Verifier:
                                      identity.user if identity else None,
                                      identity.groups if identity else frozenset())
         basic_allowed = self.basic_default if decision.basic_auth is None else decision.basic_auth
-        if machine_header is not None and basic_allowed and decision.policy not in ("bypass", "deny"):
+        if machine_header is not None and not basic_allowed:
+            # This rule takes no credentials on the request: the header is the application's (its own Basic
+            # login, say), so the session decides, as if the header were not there.
+            machine_header = None
+            identity = self._session_identity(environ)
+            if identity is not None:
+                decision = self.rules.decide(host, target, method, client_ip, identity.user, identity.groups)
+        elif machine_header is not None and decision.policy not in ("bypass", "deny"):
             try:
                 identity = self.machines.authenticate(machine_header, client_ip)
             except Busy:

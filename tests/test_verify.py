@@ -239,6 +239,13 @@ def test_basic_can_be_switched_off_per_rule(portal_setup):
         refused = verify(client, "http://ui.example.test/", Authorization=basic("bob"))
         assert refused.status_code == 401 and "WWW-Authenticate" not in refused.headers
         assert verify(client, "http://api.example.test/", Authorization=basic("bob")).status_code == 200
+        # there the header is the application's own (its Basic login): a signed-in user's session decides
+        post_login(client, "carol")
+        assert verify(client, "http://ui.example.test/", Authorization=basic("carol")).status_code == 403
+        post_login(client, "bob")
+        for header in (basic("alice"), basic("bob", "the-apps-own-password")):
+            answer = verify(client, "http://ui.example.test/", Authorization=header)
+            assert answer.status_code == 200 and answer.headers["Remote-User"] == "bob"
     finally:
         app.close()
 
