@@ -418,10 +418,14 @@ class LogConfig(Model):
     audit_file: Path | None = None
 
 
+#: Who may read /metrics unless configured: loopback and private networks, where Prometheus scrapes from.
+PRIVATE_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+
+
 class MetricsConfig(Model):
     enabled: bool = True
     #: Client networks allowed to read /metrics; empty = anyone who reaches the portal.
-    networks: list[IPvAnyNetwork] = []
+    networks: list[IPvAnyNetwork] = Field(default_factory=lambda: [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS])
 
 
 class Config(SecretsMixin):

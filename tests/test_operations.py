@@ -10,6 +10,7 @@ import pytest
 import requests
 import yaml
 
+from tests.conftest import ProxiedClient
 from tests.portal import PortalSetup, ServedPortal, login
 from tests.servers import wait_until
 
@@ -148,6 +149,18 @@ def test_metrics_can_be_restricted_to_networks(tmp_path):
     with ServedPortal(setup):
         refused = requests.get(f"http://127.0.0.1:{setup.port}/metrics")
         assert refused.status_code == 403 and "authportal_logins_total" not in refused.text
+
+
+@pytest.mark.parametrize("forwarded_for, status", [
+    (None, 200), ("10.1.2.3", 200), ("192.168.7.7", 200), ("fd00::5", 200),
+    ("203.0.113.5", 403), ("2001:db8::1", 403), ("not-an-address", 403),
+])
+def test_metrics_are_for_private_networks_by_default(app, forwarded_for, status):
+    """Behind the proxy the client is the X-Forwarded-For address: the internet does not read the counters."""
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    answer = ProxiedClient(app).get("/metrics", base_url="http://auth.example.test", headers=headers)
+    assert answer.status_code == status
+    assert ("authportal_logins_total" in answer.get_data(as_text=True)) == (status == 200)
 
 
 def test_json_logs_and_a_debug_line_per_verify(tmp_path):

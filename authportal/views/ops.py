@@ -28,7 +28,10 @@ def metrics() -> Response:
     if not config.enabled:
         abort(404)
     if config.networks:
-        client = ipaddress.ip_address(portal.proxies.client_ip(request.environ))
-        if not any(client in net for net in config.networks):
+        try:
+            client = ipaddress.ip_address(portal.proxies.client_ip(request.environ))
+        except ValueError:  # a proxy passed something that is not an address: nobody we know
+            client = None
+        if client is None or not any(client in net for net in config.networks):
             abort(403, description="Metrics are not served to this address.")
     return Response(portal.metrics.exposition(), mimetype="text/plain; version=0.0.4")
