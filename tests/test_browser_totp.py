@@ -1,6 +1,7 @@
 """Chromium enrolls a second factor and signs in with it, through nginx (examples/nginx/seed-layout.conf)."""
 from __future__ import annotations
 
+import re
 import time
 
 import pyotp
@@ -19,7 +20,9 @@ def test_enrollment_then_a_second_login_with_the_code(browser, stack):  # noqa: 
         page.wait_for_url(lambda current: "/2fa/setup" in current)
         assert page.locator("h1").inner_text() == "Set up two-factor"
         assert page.locator("figure.qr svg").count() == 1
-        secret = page.locator("#totp-secret").inner_text()
+        shown = page.locator("#totp-secret").inner_text()
+        assert re.fullmatch(r"(?:[A-Z2-7]{4} )*[A-Z2-7]{1,4}", shown)  # in groups of four, as apps show them
+        secret = shown.replace(" ", "")  # what a person types; apps take it with or without the spaces
         page.screenshot(path=str(ARTIFACTS / "totp-enrollment.png"), full_page=False)
         enrollment_code = pyotp.TOTP(secret).now()
         page.fill("#code", enrollment_code)

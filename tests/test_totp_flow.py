@@ -25,9 +25,9 @@ def get(client, path):
 
 
 def secret_on_page(html: str) -> str:
-    match = re.search(r'<code id="totp-secret">([A-Z2-7]+)</code>', html)
+    match = re.search(r'<code id="totp-secret">((?:[A-Z2-7]{4} )*[A-Z2-7]{1,4})</code>', html)
     assert match, "no secret on the enrollment page"
-    return match.group(1)
+    return match.group(1).replace(" ", "")
 
 
 def enroll(client, app, rd: str | None = None) -> str:
