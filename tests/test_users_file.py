@@ -160,6 +160,7 @@ def test_users_cli_add_passwd_disable_list_keeps_comments(tmp_path):
     assert runner.invoke(main, ["users", "disable", "--file", str(path), "zoe"]).exit_code == 0
     text = path.read_text()
     assert "# our team" in text and "# the boss" in text
+    assert "    password: $argon2id$" in text and "password: \n" not in text  # one line per hash, no wrapping
     provider = provider_for(path)
     assert provider.check_password("yan", "new-password").display_name == "Yan"
     assert provider.get_details("zoe") is None  # disabled

@@ -21,6 +21,7 @@ file_option = click.option("--file", "-f", "users_file", required=True, type=cli
 def _yaml() -> YAML:
     yaml = YAML()  # round-trip mode keeps comments and key order
     yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096  # a hash stays on its key's line instead of wrapping at 80 columns
     return yaml
 
 
