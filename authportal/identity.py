@@ -45,4 +45,4 @@ class Identity:
 def session_fields(details: UserDetails) -> dict[str, Any]:
     """The user part of a session record (JSON-serialisable)."""
     return {"user": details.username, "groups": list(details.groups),
-            "name": details.display_name, "email": details.email}
+            "name": details.display_name, "email": details.email, "stamp": details.credential_stamp}

@@ -1,4 +1,5 @@
-"""Keeps a session's groups and name current, so a user removed from a group or disabled loses access.
+"""Keeps a session's groups and name current, so a user removed from a group, disabled or given a new
+password loses access.
 
 With the users file the check is a dictionary lookup, done the first time this process sees a session
 and again after each reload of the file (`on_change`).
@@ -77,8 +78,14 @@ class DetailsRefresher:
     def _apply(self, session_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
         details = self.provider.get_details(data["user"])
         if details is None:
+            reason = "user removed or disabled"
+        elif data.get("stamp", details.credential_stamp) != details.credential_stamp:
+            reason = "password changed"  # whoever signed in with the old password is out, like everywhere else
+        else:
+            reason = None
+        if reason is not None:
             self.sessions.end(session_id)
-            audit("session_revoked", user=data["user"], reason="user removed or disabled")
+            audit("session_revoked", user=data["user"], reason=reason)
             return None
         fields = session_fields(details)
         if self.interval is not None:

@@ -133,3 +133,16 @@ def test_active_directory_nested_groups_and_refresh(tmp_path, samba_ad):
                        timeout=15, what="group removal applied to the live session")
         finally:
             samba_ad.samba_tool("group", "addmembers", "ops", "dave")
+        # A password change in AD (pwdLastSet moves) ends the live session within refresh_interval: 403 (signed
+        # in, not in prom-admins) becomes 401 (signed out). A user of this test's own: the DC is shared.
+        samba_ad.samba_tool("user", "create", "pat", "Pat-Pass-1x")
+        try:
+            pat = requests.Session()
+            assert login(pat, portal, "pat", "Pat-Pass-1x").status_code == 302
+            assert pat.get(portal + "/api/verify", headers=verify).status_code == 403
+            samba_ad.samba_tool("user", "setpassword", "pat", "--newpassword=Pat-New-Pass-9")
+            wait_until(lambda: pat.get(portal + "/api/verify", headers=verify).status_code == 401,
+                       timeout=15, what="a password change in AD ending the live session")
+            assert login(requests.Session(), portal, "pat", "Pat-New-Pass-9").status_code == 302
+        finally:
+            samba_ad.samba_tool("user", "delete", "pat")

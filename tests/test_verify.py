@@ -356,6 +356,25 @@ def test_session_of_a_disabled_user_stops_working(app, client, portal_setup):
     assert verify(client).status_code == 401
 
 
+def test_a_new_password_ends_the_sessions_signed_in_with_the_old_one(app, client, portal_setup, caplog):
+    """Like Django and most portals: change a stolen password and whoever used it is signed out."""
+    caplog.set_level("INFO", logger="authportal.audit")
+    post_login(client, "bob")
+    alice = ProxiedClient(app)
+    post_login(alice, "alice")
+    assert verify(client).status_code == 200 and verify(alice).status_code == 200
+    users = {name: dict(fields) for name, fields in USERS.items()}
+    users["bob"]["password"] = "bobs-new-password"
+    portal_setup.write_users(users)
+    assert app.portal.provider.reload_if_changed()
+    assert verify(client).status_code == 401
+    assert verify(alice).status_code == 200  # her password did not change
+    [revoked] = [r.audit for r in caplog.records if getattr(r, "audit", {}).get("event") == "session_revoked"]
+    assert (revoked["user"], revoked["reason"]) == ("bob", "password changed")
+    post_login(client, "bob", "bobs-new-password")
+    assert verify(client).status_code == 200
+
+
 def test_group_change_in_users_file_applies_to_live_sessions(app, client, portal_setup):
     post_login(client, "carol")
     assert verify(client).status_code == 403

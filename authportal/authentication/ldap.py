@@ -541,6 +541,7 @@ class LdapUserProvider:
             display_name=_first(found.attributes, self.display_name_attribute) or username,
             email=_first(found.attributes, self.mail_attribute) or "",
             groups=found.groups,
+            credential_stamp=_first(found.attributes, "pwdLastSet") or "",  # AD: set anew by every password change
         )
 
     # ------------------------------------------------------------------ user bind

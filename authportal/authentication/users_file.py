@@ -5,6 +5,7 @@ version is refused, the last good one keeps serving, and health reports it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -160,7 +161,12 @@ class UsersFileProvider:
 
 def _details(username: str, entry: UserEntry) -> UserDetails:
     return UserDetails(username=username, display_name=entry.displayname or username,
-                       email=entry.email, groups=tuple(entry.groups))
+                       email=entry.email, groups=tuple(entry.groups), credential_stamp=credential_stamp(entry.password))
+
+
+def credential_stamp(stored_hash: str) -> str:
+    """A short digest of the stored hash: a new password (a new salt) gives a new one, and it reveals nothing."""
+    return hashlib.blake2b(stored_hash.encode(), digest_size=8).hexdigest()
 
 
 def open_users_file(config: FileBackendConfig, hasher: PasswordHasher) -> UsersFileProvider:
