@@ -36,14 +36,26 @@ def served_portal(portal_setup) -> Iterator[ServedPortal]:
 
 
 @pytest.fixture
-def app(portal_setup):
-    """The portal in-process (same WSGI app the server runs), for fast HTTP-level tests."""
+def app_with(portal_setup):
+    """`app_with(**settings)`: the portal in-process with these config sections changed; closed after the test."""
     from authportal.app import create_app
     from authportal.config import load_config
 
-    application = create_app(load_config(portal_setup.config_path))
-    yield application
-    application.close()
+    made = []
+
+    def make(**settings):
+        made.append(create_app(load_config(portal_setup.write(**settings).config_path)))
+        return made[-1]
+
+    yield make
+    for application in made:
+        application.close()
+
+
+@pytest.fixture
+def app(app_with):
+    """The portal in-process (same WSGI app the server runs), for fast HTTP-level tests."""
+    return app_with()
 
 
 @pytest.fixture

@@ -88,24 +88,17 @@ def test_successful_login_lands_on_rd_with_a_scoped_httponly_cookie(client):
     assert allowed.headers["Remote-Email"] == "bob@example.test"
 
 
-def test_secure_cookie_flag_and_host_csrf_cookie(portal_setup):
-    from authportal.app import create_app
-    from authportal.config import load_config
-
-    portal_setup.write(server={"portal_url": "https://auth.example.test"}, session={"cookie_secure": True})
-    app = create_app(load_config(portal_setup.config_path))
-    try:
-        client = ProxiedClient(app)
-        first = client.get("/", base_url="https://auth.example.test")
-        assert any(h.startswith("__Host-authportal_csrf=") and "Secure" in h
-                   for h in first.headers.getlist("Set-Cookie"))
-        token = re.search(r'value="([0-9a-f]{64})"', first.get_data(as_text=True)).group(1)
-        response = client.post("/login", base_url="https://auth.example.test", data={
-            "username": "bob", "password": USERS["bob"]["password"], "csrf_token": token})
-        cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("authportal_session="))
-        assert "; Secure" in cookie
-    finally:
-        app.close()
+def test_secure_cookie_flag_and_host_csrf_cookie(app_with):
+    app = app_with(server={"portal_url": "https://auth.example.test"}, session={"cookie_secure": True})
+    client = ProxiedClient(app)
+    first = client.get("/", base_url="https://auth.example.test")
+    assert any(h.startswith("__Host-authportal_csrf=") and "Secure" in h
+               for h in first.headers.getlist("Set-Cookie"))
+    token = re.search(r'value="([0-9a-f]{64})"', first.get_data(as_text=True)).group(1)
+    response = client.post("/login", base_url="https://auth.example.test", data={
+        "username": "bob", "password": USERS["bob"]["password"], "csrf_token": token})
+    cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("authportal_session="))
+    assert "; Secure" in cookie
 
 
 def test_remember_me_sets_a_persistent_cookie(client):
@@ -219,30 +212,23 @@ def test_user_info(client):
                     "groups": ["admins", "monitoring"], "level": 1, "totp": False}
 
 
-def test_portal_under_a_path_prefix(portal_setup):
+def test_portal_under_a_path_prefix(portal_setup, app_with):
     """portal_url https://host/auth: the portal answers under /auth and its links carry the prefix."""
-    from authportal.app import create_app
-    from authportal.config import load_config
-
-    portal_setup.write(server={"portal_url": f"http://app.example.test:{portal_setup.port}/auth"})
-    app = create_app(load_config(portal_setup.config_path))
-    try:
-        client = ProxiedClient(app)
-        html = client.get("/auth/", base_url="http://app.example.test").get_data(as_text=True)
-        assert 'action="/auth/login"' in html and 'href="/auth/static/portal.css"' in html
-        assert client.get("/auth/static/portal.css", base_url="http://app.example.test").status_code == 200
-        token = re.search(r'value="([0-9a-f]{64})"', html).group(1)
-        response = client.post("/auth/login", base_url="http://app.example.test", data={
-            "username": "bob", "password": USERS["bob"]["password"], "csrf_token": token})
-        assert response.status_code == 302 and response.headers["Location"] == "/auth/"
-        allowed = client.get("/auth/api/verify", base_url="http://app.example.test",
-                             headers={"X-Original-URL": "http://app.example.test/alertmanager/x"})
-        assert allowed.status_code == 200 and allowed.headers["Remote-User"] == "bob"
-        anonymous = ProxiedClient(app).get("/auth/api/verify", base_url="http://app.example.test",
-                                           headers={"X-Original-URL": PROM})
-        assert anonymous.headers["Location"].startswith(f"http://app.example.test:{portal_setup.port}/auth/?rd=")
-    finally:
-        app.close()
+    app = app_with(server={"portal_url": f"http://app.example.test:{portal_setup.port}/auth"})
+    client = ProxiedClient(app)
+    html = client.get("/auth/", base_url="http://app.example.test").get_data(as_text=True)
+    assert 'action="/auth/login"' in html and 'href="/auth/static/portal.css"' in html
+    assert client.get("/auth/static/portal.css", base_url="http://app.example.test").status_code == 200
+    token = re.search(r'value="([0-9a-f]{64})"', html).group(1)
+    response = client.post("/auth/login", base_url="http://app.example.test", data={
+        "username": "bob", "password": USERS["bob"]["password"], "csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/auth/"
+    allowed = client.get("/auth/api/verify", base_url="http://app.example.test",
+                         headers={"X-Original-URL": "http://app.example.test/alertmanager/x"})
+    assert allowed.status_code == 200 and allowed.headers["Remote-User"] == "bob"
+    anonymous = ProxiedClient(app).get("/auth/api/verify", base_url="http://app.example.test",
+                                       headers={"X-Original-URL": PROM})
+    assert anonymous.headers["Location"].startswith(f"http://app.example.test:{portal_setup.port}/auth/?rd=")
 
 
 def test_logins_beyond_the_free_threads_get_503_at_once(app, client):

@@ -125,17 +125,11 @@ def test_a_one_factor_session_cannot_replace_an_enrolled_device(app, client):
     assert "/setup" not in response.headers["Location"]
 
 
-def test_enrollment_can_be_switched_off(portal_setup):
-    from authportal.app import create_app
-    from authportal.config import load_config
+def test_enrollment_can_be_switched_off(app_with):
     from tests.conftest import ProxiedClient
 
-    portal_setup.write(totp={"allow_enrollment": False})
-    app = create_app(load_config(portal_setup.config_path))
-    try:
-        client = ProxiedClient(app)
-        post_login(client, "alice")
-        page = get(client, "/2fa/setup")
-        assert page.status_code == 403 and "authportal totp generate" in page.get_data(as_text=True)
-    finally:
-        app.close()
+    app = app_with(totp={"allow_enrollment": False})
+    client = ProxiedClient(app)
+    post_login(client, "alice")
+    page = get(client, "/2fa/setup")
+    assert page.status_code == 403 and "authportal totp generate" in page.get_data(as_text=True)

@@ -144,23 +144,16 @@ def test_malformed_original_requests_are_400_never_500(client, headers):
     assert "Remote-User" not in response.headers
 
 
-def test_client_network_comes_from_trusted_forwarded_for_only(portal_setup):
-    from authportal.app import create_app
-    from authportal.config import load_config
-
-    portal_setup.write(access_control={"rules": [
+def test_client_network_comes_from_trusted_forwarded_for_only(app_with):
+    app = app_with(access_control={"rules": [
         {"domain": "net.example.test", "networks": ["10.0.0.0/8"], "policy": "bypass"},
         {"domain": "net.example.test", "policy": "deny"}]})
-    app = create_app(load_config(portal_setup.config_path))
-    try:
-        client = ProxiedClient(app)
-        url = "http://net.example.test/"
-        assert verify(client, url, **{"X-Forwarded-For": "10.1.2.3"}).status_code == 200
-        assert verify(client, url, **{"X-Forwarded-For": "192.0.2.1"}).status_code == 403
-        # the client prepends a fake hop; the proxy appends the real address: the real one counts
-        assert verify(client, url, **{"X-Forwarded-For": "10.1.2.3, 192.0.2.1"}).status_code == 403
-    finally:
-        app.close()
+    client = ProxiedClient(app)
+    url = "http://net.example.test/"
+    assert verify(client, url, **{"X-Forwarded-For": "10.1.2.3"}).status_code == 200
+    assert verify(client, url, **{"X-Forwarded-For": "192.0.2.1"}).status_code == 403
+    # the client prepends a fake hop; the proxy appends the real address: the real one counts
+    assert verify(client, url, **{"X-Forwarded-For": "10.1.2.3, 192.0.2.1"}).status_code == 403
 
 
 def test_session_cookie_is_parsed_strictly(client, app):
@@ -195,25 +188,18 @@ def test_bad_basic_credentials_get_a_challenge_not_a_redirect(client, header):
 
 @pytest.mark.parametrize("foreign", ["Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln", "Bearer k8s-dashboard-token",
                                      "Negotiate YIIBhwYGKwYBBQUCoII=", "Digest username=\"bob\""])
-def test_another_systems_credential_is_left_to_the_application(portal_setup, foreign):
+def test_another_systems_credential_is_left_to_the_application(app_with, foreign):
     """A signed-in user whose browser sends the app's own token (the Kubernetes dashboard does) stays signed in,
     and the foreign token never counts as a failed guess against their address."""
-    from authportal.app import create_app
-    from authportal.config import load_config
-
-    portal_setup.write(regulation={"max_retries": 3, "ip_max_retries": 3})
-    app = create_app(load_config(portal_setup.config_path))
-    try:
-        client = ProxiedClient(app)
-        anonymous = verify(client, Authorization=foreign, Accept="text/html")
-        assert anonymous.status_code == 401 and "WWW-Authenticate" not in anonymous.headers  # to the login page
-        post_login(client, "bob")
-        for _ in range(6):  # twice the failures that would ban the address
-            answer = verify(client, Authorization=foreign)
-            assert answer.status_code == 200 and answer.headers["Remote-User"] == "bob"
-        assert verify(ProxiedClient(app), Authorization=basic("bob")).status_code == 200  # address not banned
-    finally:
-        app.close()
+    app = app_with(regulation={"max_retries": 3, "ip_max_retries": 3})
+    client = ProxiedClient(app)
+    anonymous = verify(client, Authorization=foreign, Accept="text/html")
+    assert anonymous.status_code == 401 and "WWW-Authenticate" not in anonymous.headers  # to the login page
+    post_login(client, "bob")
+    for _ in range(6):  # twice the failures that would ban the address
+        answer = verify(client, Authorization=foreign)
+        assert answer.status_code == 200 and answer.headers["Remote-User"] == "bob"
+    assert verify(ProxiedClient(app), Authorization=basic("bob")).status_code == 200  # address not banned
 
 
 def test_proxy_authorization_is_accepted(client):
@@ -226,28 +212,21 @@ def test_basic_cannot_satisfy_two_factor(client):
     assert response.status_code == 403
 
 
-def test_basic_can_be_switched_off_per_rule(portal_setup):
-    from authportal.app import create_app
-    from authportal.config import load_config
-
-    portal_setup.write(access_control={"rules": [
+def test_basic_can_be_switched_off_per_rule(app_with):
+    app = app_with(access_control={"rules": [
         {"domain": "ui.example.test", "subject": ["group:monitoring"], "policy": "one_factor", "basic_auth": False},
         {"domain": "api.example.test", "subject": ["group:monitoring"], "policy": "one_factor"}]})
-    app = create_app(load_config(portal_setup.config_path))
-    try:
-        client = ProxiedClient(app)
-        refused = verify(client, "http://ui.example.test/", Authorization=basic("bob"))
-        assert refused.status_code == 401 and "WWW-Authenticate" not in refused.headers
-        assert verify(client, "http://api.example.test/", Authorization=basic("bob")).status_code == 200
-        # there the header is the application's own (its Basic login): a signed-in user's session decides
-        post_login(client, "carol")
-        assert verify(client, "http://ui.example.test/", Authorization=basic("carol")).status_code == 403
-        post_login(client, "bob")
-        for header in (basic("alice"), basic("bob", "the-apps-own-password")):
-            answer = verify(client, "http://ui.example.test/", Authorization=header)
-            assert answer.status_code == 200 and answer.headers["Remote-User"] == "bob"
-    finally:
-        app.close()
+    client = ProxiedClient(app)
+    refused = verify(client, "http://ui.example.test/", Authorization=basic("bob"))
+    assert refused.status_code == 401 and "WWW-Authenticate" not in refused.headers
+    assert verify(client, "http://api.example.test/", Authorization=basic("bob")).status_code == 200
+    # there the header is the application's own (its Basic login): a signed-in user's session decides
+    post_login(client, "carol")
+    assert verify(client, "http://ui.example.test/", Authorization=basic("carol")).status_code == 403
+    post_login(client, "bob")
+    for header in (basic("alice"), basic("bob", "the-apps-own-password")):
+        answer = verify(client, "http://ui.example.test/", Authorization=header)
+        assert answer.status_code == 200 and answer.headers["Remote-User"] == "bob"
 
 
 def test_bearer_tokens(app, client):
@@ -408,63 +387,50 @@ def test_forward_auth_never_believes_a_client_sent_x_original_url(client):
     assert method_smuggled.status_code == 401  # a POST: no redirect, whatever X-Original-Method says
 
 
-def regulated_app(portal_setup):
-    from authportal.app import create_app
-    from authportal.config import load_config
-
-    portal_setup.write(regulation={"max_retries": 3, "ip_max_retries": 0})
-    return create_app(load_config(portal_setup.config_path))
+#: Bans after 3 failures of one user; no limit per address (the tests send everything from 127.0.0.1).
+REGULATED = {"max_retries": 3, "ip_max_retries": 0}
 
 
-def test_basic_guessing_is_regulated_like_the_login_form(portal_setup, caplog):
+def test_basic_guessing_is_regulated_like_the_login_form(app_with, caplog):
     caplog.set_level("INFO", logger="authportal.audit")
-    app = regulated_app(portal_setup)
-    try:
-        client = ProxiedClient(app)
-        for guess in range(3):
-            assert verify(client, Authorization=basic("bob", f"guess-{guess}")).status_code == 401
-        # banned now: the right password is refused too, without a check, and it is audited
-        checks = []
-        real = app.portal.provider.check_password
-        app.portal.provider.check_password = lambda u, p: checks.append(u) or real(u, p)
-        assert verify(client, Authorization=basic("bob")).status_code == 401
-        assert checks == []
-        events = [r.audit for r in caplog.records if getattr(r, "audit", None)]
-        assert [e["reason"] for e in events if e["event"] == "login_failure"] == ["bad_credentials"] * 3 + ["banned"]
-        assert any(e["event"] == "ban" and e["user"] == "bob" for e in events)
-        assert all(e.get("via") == "basic" for e in events if e["event"] == "login_failure")
-        exposition = app.portal.metrics.exposition().decode()
-        assert 'authportal_logins_total{result="bad_credentials"} 3.0' in exposition
-        assert 'authportal_bans_total{kind="user"} 1.0' in exposition
-    finally:
-        app.close()
+    app = app_with(regulation=REGULATED)
+    client = ProxiedClient(app)
+    for guess in range(3):
+        assert verify(client, Authorization=basic("bob", f"guess-{guess}")).status_code == 401
+    # banned now: the right password is refused too, without a check, and it is audited
+    checks = []
+    real = app.portal.provider.check_password
+    app.portal.provider.check_password = lambda u, p: checks.append(u) or real(u, p)
+    assert verify(client, Authorization=basic("bob")).status_code == 401
+    assert checks == []
+    events = [r.audit for r in caplog.records if getattr(r, "audit", None)]
+    assert [e["reason"] for e in events if e["event"] == "login_failure"] == ["bad_credentials"] * 3 + ["banned"]
+    assert any(e["event"] == "ban" and e["user"] == "bob" for e in events)
+    assert all(e.get("via") == "basic" for e in events if e["event"] == "login_failure")
+    exposition = app.portal.metrics.exposition().decode()
+    assert 'authportal_logins_total{result="bad_credentials"} 3.0' in exposition
+    assert 'authportal_bans_total{kind="user"} 1.0' in exposition
 
 
-def test_a_ban_from_the_login_form_also_refuses_basic(portal_setup):
-    app = regulated_app(portal_setup)
-    try:
-        client = ProxiedClient(app)
-        for _ in range(3):
-            assert post_login(client, "carol", "wrong").status_code == 401
-        assert verify(client, "http://app.example.test/public/x").status_code == 200
-        machine = verify(client, Authorization=basic("carol"))
-        assert machine.status_code == 401
-    finally:
-        app.close()
+def test_a_ban_from_the_login_form_also_refuses_basic(app_with):
+    app = app_with(regulation=REGULATED)
+    client = ProxiedClient(app)
+    for _ in range(3):
+        assert post_login(client, "carol", "wrong").status_code == 401
+    assert verify(client, "http://app.example.test/public/x").status_code == 200
+    machine = verify(client, Authorization=basic("carol"))
+    assert machine.status_code == 401
 
 
-def test_spelling_variants_of_a_name_share_one_failure_count(portal_setup):
+def test_spelling_variants_of_a_name_share_one_failure_count(app_with):
     """A directory takes ` Carol `, `CAROL` and `carol` as one account: guessing through variants still bans."""
-    app = regulated_app(portal_setup)
-    try:
-        client = ProxiedClient(app)
-        for variant in ("carol ", " CAROL", "Carol  "):
-            assert verify(client, Authorization=basic(variant, "wrong")).status_code == 401
-        assert verify(client, Authorization=basic("carol")).status_code == 401  # banned: right password refused
-        assert post_login(client, "carol").status_code == 401
-        assert verify(client, Authorization=basic("bob")).status_code == 200  # others are not affected
-    finally:
-        app.close()
+    app = app_with(regulation=REGULATED)
+    client = ProxiedClient(app)
+    for variant in ("carol ", " CAROL", "Carol  "):
+        assert verify(client, Authorization=basic(variant, "wrong")).status_code == 401
+    assert verify(client, Authorization=basic("carol")).status_code == 401  # banned: right password refused
+    assert post_login(client, "carol").status_code == 401
+    assert verify(client, Authorization=basic("bob")).status_code == 200  # others are not affected
 
 
 def test_refused_tokens_get_a_bearer_challenge(client):
