@@ -29,36 +29,13 @@ from tests.servers.slapd import SlapdServer
 LOGGER = "authportal.ldap"
 
 
-def slapd_provider(server: SlapdServer, **overrides) -> LdapUserProvider:
-    settings = {
-        "implementation": "openldap",
-        "url": server.url,
-        "base_dn": server.SUFFIX,
-        "user": server.SERVICE_DN,
-        "password": server.SERVICE_PASSWORD,
-        "timeout": "2s",
-    }
-    settings.update(overrides)
-    return LdapUserProvider(LdapConfig.model_validate(settings))
-
-
-def ad_provider(server: SambaAD, **overrides) -> LdapUserProvider:
-    # the minimal AD configuration: url, base_dn, user, password (+ the CA of our test DC)
-    settings = {
-        "implementation": "activedirectory",
-        "url": server.ldaps_url,
-        "base_dn": server.BASE_DN,
-        "user": server.SERVICE_DN,
-        "password": server.SERVICE_PASSWORD,
-        "tls": {"ca_file": str(server.ca_file)},
-    }
-    settings.update(overrides)
-    return LdapUserProvider(LdapConfig.model_validate(settings))
+def ldap_provider(server: SlapdServer | SambaAD, **overrides) -> LdapUserProvider:
+    return LdapUserProvider(LdapConfig.model_validate(server.ldap_settings(**overrides)))
 
 
 @pytest.fixture
 def provider(slapd):
-    p = slapd_provider(slapd)
+    p = ldap_provider(slapd)
     yield p
     p.close()
 
@@ -220,7 +197,7 @@ def test_wrong_password_and_unknown_user(provider, slapd):
     ("a" * 1000, "x"),
 ])
 def test_unacceptable_credentials_are_refused_without_any_bind(slapd, monkeypatch, username, password):
-    p = slapd_provider(slapd)
+    p = ldap_provider(slapd)
     recorder = BindRecorder(monkeypatch)
     binds_in_log = slapd.bind_count()
     try:
@@ -232,7 +209,7 @@ def test_unacceptable_credentials_are_refused_without_any_bind(slapd, monkeypatc
 
 
 def test_empty_password_is_not_an_anonymous_login_even_for_a_real_user(slapd, monkeypatch):
-    p = slapd_provider(slapd)
+    p = ldap_provider(slapd)
     recorder = BindRecorder(monkeypatch)
     assert p.check_password("alice", slapd.PASSWORDS["alice"]) is not None
     assert p.check_password("alice", "") is None
@@ -243,7 +220,7 @@ def test_empty_password_is_not_an_anonymous_login_even_for_a_real_user(slapd, mo
 @pytest.mark.parametrize("username", ["*", "alice)(|(uid=*", r"\2a", "admin*", ")(cn=*", "al*", "*)(uid=alice",
                                       "alice)(objectClass=*", "(uid=alice)"])
 def test_injection_attempts_are_refused(slapd, monkeypatch, username):
-    p = slapd_provider(slapd)
+    p = ldap_provider(slapd)
     recorder = BindRecorder(monkeypatch)
     try:
         for password in (slapd.PASSWORDS["alice"], slapd.PASSWORDS["admin"]):
@@ -255,7 +232,7 @@ def test_injection_attempts_are_refused(slapd, monkeypatch, username):
 
 
 def test_starttls_with_ca_verification(slapd):
-    p = slapd_provider(slapd, start_tls=True, tls={"ca_file": str(slapd.ca_file)})
+    p = ldap_provider(slapd, start_tls=True, tls={"ca_file": str(slapd.ca_file)})
     try:
         assert p.check_password("alice", slapd.PASSWORDS["alice"]).groups == ("admins", "monitoring")
         assert p.health() is None
@@ -266,7 +243,7 @@ def test_starttls_with_ca_verification(slapd):
 
 @pytest.mark.parametrize(("host", "minimum"), [("127.0.0.1", "TLS1.2"), ("localhost", "TLS1.2"), ("127.0.0.1", "TLS1.3")])
 def test_ldaps_with_ca_verification(slapd, host, minimum):
-    p = slapd_provider(slapd, url=f"ldaps://{host}:{slapd.tls_port}",
+    p = ldap_provider(slapd, url=f"ldaps://{host}:{slapd.tls_port}",
                        tls={"ca_file": str(slapd.ca_file), "minimum_version": minimum})
     try:
         assert p.check_password("bob", slapd.PASSWORDS["bob"]).username == "bob"
@@ -279,7 +256,7 @@ def test_ldaps_with_ca_verification(slapd, host, minimum):
 def test_untrusted_certificate_is_refused(slapd, mode, ca, caplog):
     tls = {"ca_file": str(slapd.untrusted_ca_file)} if ca == "untrusted" else {}
     url = slapd.ldaps_url if mode == "ldaps" else slapd.url
-    p = slapd_provider(slapd, url=url, start_tls=mode == "starttls", tls=tls)
+    p = ldap_provider(slapd, url=url, start_tls=mode == "starttls", tls=tls)
     try:
         with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(BackendUnavailable) as caught:
             p.check_password("alice", slapd.PASSWORDS["alice"])
@@ -292,7 +269,7 @@ def test_untrusted_certificate_is_refused(slapd, mode, ca, caplog):
 
 
 def test_skip_verify_accepts_any_certificate(slapd):
-    p = slapd_provider(slapd, url=slapd.ldaps_url, tls={"skip_verify": True})
+    p = ldap_provider(slapd, url=slapd.ldaps_url, tls={"skip_verify": True})
     try:
         assert p.check_password("alice", slapd.PASSWORDS["alice"]) is not None
     finally:
@@ -301,10 +278,10 @@ def test_skip_verify_accepts_any_certificate(slapd):
 
 def test_client_certificate_is_presented(slapd):
     # slapd runs with `TLSVerifyClient try`: a certificate from an unknown CA ends the session
-    good = slapd_provider(slapd, url=slapd.ldaps_url, tls={
+    good = ldap_provider(slapd, url=slapd.ldaps_url, tls={
         "ca_file": str(slapd.ca_file), "cert_file": str(slapd.client_cert_file),
         "key_file": str(slapd.client_key_file)})
-    bad = slapd_provider(slapd, url=slapd.ldaps_url, tls={
+    bad = ldap_provider(slapd, url=slapd.ldaps_url, tls={
         "ca_file": str(slapd.ca_file), "cert_file": str(slapd.untrusted_client_cert_file),
         "key_file": str(slapd.untrusted_client_key_file)})
     try:
@@ -318,11 +295,11 @@ def test_client_certificate_is_presented(slapd):
 
 def test_missing_ca_file_is_a_startup_error(slapd, tmp_path):
     with pytest.raises(ValueError, match="cannot load certificates"):
-        slapd_provider(slapd, url=slapd.ldaps_url, tls={"ca_file": str(tmp_path / "missing.pem")})
+        ldap_provider(slapd, url=slapd.ldaps_url, tls={"ca_file": str(tmp_path / "missing.pem")})
 
 
 def test_directory_down_then_back(slapd, caplog):
-    p = slapd_provider(slapd, timeout="2s")
+    p = ldap_provider(slapd, timeout="2s")
     try:
         assert p.check_password("alice", slapd.PASSWORDS["alice"]) is not None  # the pool holds a connection
         slapd.stop()
@@ -351,7 +328,7 @@ def test_directory_down_then_back(slapd, caplog):
 
 
 def test_get_details_raises_while_down(slapd):
-    p = slapd_provider(slapd)
+    p = ldap_provider(slapd)
     try:
         slapd.stop()
         with pytest.raises(BackendUnavailable):
@@ -362,7 +339,7 @@ def test_get_details_raises_while_down(slapd):
 
 
 def test_hanging_directory_is_bounded_by_the_timeout(slapd):
-    p = slapd_provider(slapd, timeout="1s")
+    p = ldap_provider(slapd, timeout="1s")
     assert p.check_password("alice", slapd.PASSWORDS["alice"]) is not None
     pid = slapd.process.pid
     os.kill(pid, signal.SIGSTOP)  # accepts TCP (kernel backlog) but never answers
@@ -385,7 +362,7 @@ def test_hanging_directory_is_bounded_by_the_timeout(slapd):
 
 def test_failover_to_the_second_url(slapd):
     dead = free_port()
-    p = slapd_provider(slapd, url=[f"ldap://127.0.0.1:{dead}", slapd.url])
+    p = ldap_provider(slapd, url=[f"ldap://127.0.0.1:{dead}", slapd.url])
     try:
         assert p.check_password("alice", slapd.PASSWORDS["alice"]).groups == ("admins", "monitoring")
         assert p.health() is None
@@ -397,7 +374,7 @@ def test_failover_to_the_second_url(slapd):
 
 
 def test_all_urls_down(slapd):
-    p = slapd_provider(slapd, url=[f"ldap://127.0.0.1:{free_port()}", f"ldap://127.0.0.1:{free_port()}"])
+    p = ldap_provider(slapd, url=[f"ldap://127.0.0.1:{free_port()}", f"ldap://127.0.0.1:{free_port()}"])
     try:
         with pytest.raises(BackendUnavailable) as caught:
             p.check_password("alice", slapd.PASSWORDS["alice"])
@@ -407,7 +384,7 @@ def test_all_urls_down(slapd):
 
 
 def test_wrong_service_password_is_a_clear_backend_error(slapd):
-    p = slapd_provider(slapd, password="wrong")
+    p = ldap_provider(slapd, password="wrong")
     try:
         with pytest.raises(BackendUnavailable, match="service account bind"):
             p.check_password("alice", slapd.PASSWORDS["alice"])
@@ -417,7 +394,7 @@ def test_wrong_service_password_is_a_clear_backend_error(slapd):
 
 
 def test_concurrent_logins_share_a_bounded_pool(slapd, monkeypatch):
-    p = slapd_provider(slapd, pool_size=2)
+    p = ldap_provider(slapd, pool_size=2)
     recorder = BindRecorder(monkeypatch)
     errors: list[BaseException] = []
     results: list[UserDetails | None] = []
@@ -456,7 +433,7 @@ def test_get_details_sees_group_changes(provider, slapd):
 
 
 def test_health_reports_a_wrong_base_dn(slapd):
-    p = slapd_provider(slapd, base_dn="dc=nowhere,dc=com")
+    p = ldap_provider(slapd, base_dn="dc=nowhere,dc=com")
     try:
         assert "does not exist" in p.health()
     finally:
@@ -464,7 +441,7 @@ def test_health_reports_a_wrong_base_dn(slapd):
 
 
 def test_slapd_login_latency(slapd):
-    p = slapd_provider(slapd, url=slapd.ldaps_url, tls={"ca_file": str(slapd.ca_file)})
+    p = ldap_provider(slapd, url=slapd.ldaps_url, tls={"ca_file": str(slapd.ca_file)})
     try:
         median = _median_login(p, "alice", slapd.PASSWORDS["alice"])
     finally:
@@ -487,7 +464,7 @@ def _median_login(p: LdapUserProvider, username: str, password: str) -> float:
 
 @pytest.fixture
 def ad(samba_ad):
-    p = ad_provider(samba_ad)
+    p = ldap_provider(samba_ad)
     yield p
     p.close()
 
@@ -539,7 +516,7 @@ def test_ad_locked_out_account_is_refused(ad, samba_ad, caplog):
 
 
 def test_ad_starttls(samba_ad):
-    p = ad_provider(samba_ad, url=samba_ad.url, start_tls=True)
+    p = ldap_provider(samba_ad, url=samba_ad.url, start_tls=True)
     try:
         assert p.check_password("erin", samba_ad.PASSWORDS["erin"]).groups == ("monitoring",)
     finally:
@@ -547,7 +524,7 @@ def test_ad_starttls(samba_ad):
 
 
 def test_ad_plain_ldap_simple_bind_is_refused_with_a_clear_message(samba_ad):
-    p = ad_provider(samba_ad, url=samba_ad.url, tls={})
+    p = ldap_provider(samba_ad, url=samba_ad.url, tls={})
     try:
         with pytest.raises(BackendUnavailable, match="requires TLS"):
             p.check_password("erin", samba_ad.PASSWORDS["erin"])

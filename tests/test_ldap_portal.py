@@ -14,10 +14,7 @@ from tests.stacks import NginxStack, nginx_stack
 
 
 def slapd_backend(slapd: SlapdServer) -> dict:
-    return {"backend": "ldap", "ldap": {
-        "implementation": "openldap", "url": slapd.url, "start_tls": True, "tls": {"ca_file": str(slapd.ca_file)},
-        "base_dn": SlapdServer.SUFFIX, "user": SlapdServer.SERVICE_DN, "password": SlapdServer.SERVICE_PASSWORD,
-        "timeout": "2s"}}
+    return {"backend": "ldap", "ldap": slapd.ldap_settings(start_tls=True, tls={"ca_file": str(slapd.ca_file)})}
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +98,7 @@ def slapd_fresh(tmp_path) -> Iterator[SlapdServer]:
 
 
 def ad_backend(samba: SambaAD) -> dict:
-    return {"backend": "ldap", "ldap": {
-        "implementation": "activedirectory", "url": samba.ldaps_url, "tls": {"ca_file": str(samba.ca_file)},
-        "base_dn": SambaAD.BASE_DN, "user": SambaAD.SERVICE_DN, "password": SambaAD.SERVICE_PASSWORD,
-        "refresh_interval": "1s"}}
+    return {"backend": "ldap", "ldap": samba.ldap_settings(refresh_interval="1s")}
 
 
 def test_active_directory_nested_groups_and_refresh(tmp_path, samba_ad):

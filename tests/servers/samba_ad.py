@@ -29,7 +29,7 @@ import signal
 import ssl
 import subprocess
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import ldap3
 import pytest
@@ -131,6 +131,12 @@ class SambaAD:
     @property
     def ldaps_url(self) -> str:
         return f"ldaps://{self.host}"
+
+    def ldap_settings(self, **overrides: Any) -> dict[str, Any]:
+        """The portal's `authentication.ldap` for this DC: the minimal AD settings, ldaps with this DC's CA."""
+        return {"implementation": "activedirectory", "url": self.ldaps_url, "base_dn": self.BASE_DN,
+                "user": self.SERVICE_DN, "password": self.SERVICE_PASSWORD, "tls": {"ca_file": str(self.ca_file)},
+                **overrides}
 
     @property
     def ca_file(self) -> Path:

@@ -17,7 +17,7 @@ import ipaddress
 import os
 import subprocess
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -156,6 +156,11 @@ class SlapdServer:
     @property
     def ldaps_url(self) -> str:
         return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    def ldap_settings(self, **overrides: Any) -> dict[str, Any]:
+        """The portal's `authentication.ldap` for this directory: plain ldap:// unless overridden."""
+        return {"implementation": "openldap", "url": self.url, "base_dn": self.SUFFIX, "user": self.SERVICE_DN,
+                "password": self.SERVICE_PASSWORD, "timeout": "2s", **overrides}
 
     @property
     def ca_file(self) -> Path:
