@@ -112,20 +112,20 @@ class Verifier:
                                      identity.user if identity else None,
                                      identity.groups if identity else frozenset())
         basic_allowed = self.basic_default if decision.basic_auth is None else decision.basic_auth
-        if machine_header is not None and not basic_allowed:
-            # This rule takes no credentials on the request: the header is the application's (its own Basic
-            # login, say), so the session decides, as if the header were not there.
-            machine_header = None
-            identity = self._session_identity(environ)
-            if identity is not None:
-                decision = self.rules.decide(host, target, method, client_ip, identity.user, identity.groups)
-        elif machine_header is not None and decision.policy not in ("bypass", "deny"):
-            try:
-                identity = self.machines.authenticate(machine_header, client_ip)
-            except Busy:
-                log.debug("all password-check slots busy: refusing a %s check (retry)", machine_header.split(" ")[0])
-                return Outcome(401, [("Retry-After", "1"), ("WWW-Authenticate", self.www_authenticate)],
-                               decision.policy, "busy")
+        if machine_header is not None:  # decided anonymously so far: who asks depends on what this rule takes
+            if not basic_allowed:
+                # This rule takes no credentials on the request: the header is the application's (its own Basic
+                # login, say), so the session decides, as if the header were not there.
+                machine_header = None
+                identity = self._session_identity(environ)
+            elif decision.policy not in ("bypass", "deny"):
+                try:
+                    identity = self.machines.authenticate(machine_header, client_ip)
+                except Busy:
+                    log.debug("all password-check slots busy: refusing a %s check (retry)",
+                              machine_header.split(" ")[0])
+                    return Outcome(401, [("Retry-After", "1"), ("WWW-Authenticate", self.www_authenticate)],
+                                   decision.policy, "busy")
             if identity is not None:
                 decision = self.rules.decide(host, target, method, client_ip, identity.user, identity.groups)
         policy = decision.policy
