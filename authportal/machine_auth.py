@@ -147,11 +147,12 @@ class MachineAuthenticator:
         return header[:7].lower() == "bearer " and self.tokens is not None and header[7:].lstrip().startswith(PREFIX)
 
     def authenticate(self, header: str, client_ip: str) -> Identity | None:
-        """A repeat caller costs one keyed hash of its header and a dict lookup; parsing happens on a miss."""
+        """`header` is one that `ours` accepted: Basic, or a Bearer `ap_` token.
+
+        A repeat caller costs one keyed hash of its header and a dict lookup; parsing happens on a miss.
+        """
         if header[:6].lower() == "basic ":
             return self.cache.remembered(self.cache.key(header), lambda: self._basic(header, client_ip))
-        if header[:7].lower() != "bearer " or self.tokens is None:
-            return None
         # Tokens are re-checked against storage once the short token cache (session.cache_ttl) lapses,
         # so a revocation from the CLI or another instance holds within that bound.
         return self.token_cache.remembered(self.token_cache.key(header), lambda: self._bearer(header, client_ip))
