@@ -1,12 +1,14 @@
 """What every forward-auth proxy example must do, run against each of them (HAProxy, Caddy).
 
-A proxy's test module imports these tests and fixtures and provides two fixtures
-of its own: `proxy` (the started proxy, listening on `listen_port`) and `tag` (a
-word that keeps this proxy's requests apart in the shared upstream's records).
+A proxy's test module imports these tests and fixtures and provides three fixtures
+of its own: `proxy` (the started proxy, listening on `listen_port`), `tag` (a
+word that keeps this proxy's requests apart in the shared upstream's records) and
+`portal_down_status` (what the proxy answers when the portal does not).
 """
 from __future__ import annotations
 
 import http.client
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -48,6 +50,7 @@ __all__ = [
     "test_script_without_credentials_gets_401_with_basic_challenge",
     "test_script_with_basic_credentials_gets_in_as_bob",
     "test_verify_endpoints_are_not_exposed_on_the_portal_host",
+    "test_portal_stopped_denies_at_once",
 ]
 
 
@@ -213,3 +216,22 @@ def test_verify_endpoints_are_not_exposed_on_the_portal_host(auth):
               "X-Forwarded-Uri": "/prometheus/", "X-Forwarded-Method": "GET"}
     for path in ("/api/forward-auth", "/api/verify"):
         assert requests.get(f"{auth}{path}", headers=forged, auth=basic("bob"), timeout=5).status_code == 404
+
+
+def test_portal_stopped_denies_at_once(tag, app, portal, bob, upstream, portal_down_status):
+    """Stops the shared portal (and starts it again for anyone after): nothing gets through, and quickly."""
+    portal.stop()
+    try:
+        for client, headers in ((bob, {}), (requests, BROWSER), (requests, SCRIPT)):
+            started = time.monotonic()
+            answer = client.get(f"{app}/prometheus/graph?down={tag}", headers=headers, allow_redirects=False,
+                                timeout=10)
+            elapsed = time.monotonic() - started
+            assert answer.status_code == portal_down_status, answer.status_code
+            assert elapsed < 2.0, elapsed
+        assert requests.get(f"{app}/prometheus/?down={tag}-basic", headers=SCRIPT, auth=basic("bob"),
+                            timeout=10).status_code == portal_down_status
+        assert reached(upstream, f"/prometheus/graph?down={tag}") == []
+        assert reached(upstream, f"/prometheus/?down={tag}-basic") == []
+    finally:
+        portal.start()
