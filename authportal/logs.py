@@ -90,3 +90,28 @@ def setup_logging(config: LogConfig) -> None:
         audit_file.setFormatter(JsonFormatter())
         audit_file.addFilter(SecretFilter())
         audit.addHandler(audit_file)
+
+
+class RateLimitedLog:
+    """At most one line per kind of event and interval: a misconfigured proxy repeats its mistake on every
+    request, and one clear line a minute says it without flooding the log (the rest are counted)."""
+
+    def __init__(self, logger: logging.Logger, interval: float):
+        self._logger = logger
+        self._interval = interval
+        #: kind -> (when it was last logged, how many were not logged since)
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        logged_at, suppressed = self._last.get(kind, (float("-inf"), 0))
+        if now - logged_at < self._interval:
+            self._last[kind] = (logged_at, suppressed + 1)
+            return
+        if suppressed:
+            message += " (and %d more like it in the last %d s)"
+            args = (*args, suppressed, int(self._interval))
+        self._logger.warning(message, *args)
+        if len(self._last) >= 1024:  # bounded, though kinds are a handful of fixed reasons and peers
+            self._last.clear()
+        self._last[kind] = (now, 0)

@@ -19,6 +19,7 @@ from .audit import audit
 from .authorization import AccessRules, normalise_path
 from .config import Config
 from .identity import TWO_FACTOR, Identity
+from .logs import RateLimitedLog
 from .machine_auth import Busy, MachineAuthenticator
 from .metrics import Metrics
 from .proxies import TrustedProxies
@@ -42,7 +43,7 @@ class Outcome:
 
 
 class BadRequest(Exception):
-    """The proxy did not say which request to check (missing or malformed X-Original-*/X-Forwarded-*)."""
+    """The proxy did not say which request to check, or is not a trusted proxy: a 400 with the reason."""
 
 
 class Verifier:
@@ -61,20 +62,25 @@ class Verifier:
         self.proxies = proxies
         #: session id -> (the session record it was built from, its Identity): rebuilt when the record changes.
         self._identities: dict[str, tuple[dict[str, Any], Identity]] = {}
+        self._styles: dict[str, ProxyStyle] = {VERIFY_PATH: AuthRequest(), FORWARD_AUTH_PATH: ForwardAuth()}
+        self._bad_requests = RateLimitedLog(log, interval=60.0)
         self._cookie_re = re.compile(r"(?:^|[;,]\s*)" + re.escape(config.session.cookie_name) + r"=([A-Za-z0-9_\-]{43})(?![^;,\s])")
 
     # WSGI adapter
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()
-        forward = environ.get("PATH_INFO") == FORWARD_AUTH_PATH
+        style = self._styles[environ.get("PATH_INFO", "")]
         try:
-            outcome = self.decide(environ, forward)
+            outcome = self.decide(environ, style)
         except BadRequest as exc:
-            outcome = Outcome(400, [], "none", "bad_request")
-            body = f"{exc}\n".encode()
-            start_response("400 Bad Request", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-            self.metrics.verify_done(outcome.result, outcome.policy, started)
+            reason = str(exc)
+            self._bad_requests.warning(reason, "refused a verify request from %s (400): %s",
+                                       environ.get("REMOTE_ADDR", "-"), reason)
+            body = f"{reason}\n".encode()
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
+                                               ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+            self.metrics.verify_done("bad_request", "none", started)
             return [body]
         except Exception:
             log.exception("verify failed; denying (fail closed)")
@@ -83,25 +89,25 @@ class Verifier:
         start_response(status, outcome.headers + [("Content-Length", "0"), ("Cache-Control", "no-store")])
         self.metrics.verify_done(outcome.result, outcome.policy, started)
         if log.isEnabledFor(logging.DEBUG):  # an access line per verify, only when asked for: the hot path
-            log.debug("verify %s %s -> %d %s policy=%s request_id=%s", environ.get("HTTP_X_ORIGINAL_METHOD", "-"),
-                      environ.get("HTTP_X_ORIGINAL_URL") or environ.get("HTTP_X_FORWARDED_HOST", "-"),
+            log.debug("verify %s -> %d %s policy=%s request_id=%s", environ.get("PATH_INFO"),
                       outcome.status, outcome.result, outcome.policy, environ.get("HTTP_X_REQUEST_ID", "-"))
         return [b""]
 
     # The decision
 
-    def decide(self, environ: dict[str, Any], forward: bool) -> Outcome:
+    def decide(self, environ: dict[str, Any], style: ProxyStyle) -> Outcome:
         peer = environ.get("REMOTE_ADDR", "")
         if not self.proxies.is_trusted(peer):
-            raise BadRequest(f"peer {peer} is not in server.trusted_proxies: its X-Original-*/X-Forwarded-* "
-                             "headers are not believed")
-        scheme, host, path, method = _original_request(environ, forward)
+            raise BadRequest(f"the peer {peer} is not in server.trusted_proxies, so the headers that say which "
+                             "request to check are not believed: add the proxy's address there")
+        original = style.read(environ)
+        host, method = original.host, original.method
         try:  # the rules judge the path the proxy routes on; the login page's rd keeps the URL as sent
-            target = normalise_path(path)
+            target = normalise_path(original.target)
         except ValueError as exc:
             raise BadRequest(f"malformed original URL: {exc}") from None
         client_ip = self.proxies.client_ip(environ)
-        url = f"{scheme}://{host}{path}"
+        url = original.url
 
         identity: Identity | None = None
         machine_header = self._credential(environ)
@@ -136,12 +142,12 @@ class Verifier:
             self._audit_denied(identity, client_ip, url, method, decision.rule, environ)
             return Outcome(403, [], policy, "forbidden")
         if identity is None:
-            return self._unauthorized(url, forward, basic_allowed, environ, method, policy, machine_header)
+            return self._unauthorized(url, style, basic_allowed, environ, method, policy, machine_header)
         if policy == "two_factor" and identity.level < TWO_FACTOR:
             if machine_header is not None:  # a script cannot answer a TOTP prompt
                 self._audit_denied(identity, client_ip, url, method, decision.rule, environ, "second factor required")
                 return Outcome(403, [], policy, "forbidden")
-            return self._unauthorized(url, forward, False, environ, method, policy, None)
+            return self._unauthorized(url, style, False, environ, method, policy, None)
         return Outcome(200, list(identity.headers), policy, "allowed")
 
     def _credential(self, environ: dict[str, Any]) -> str | None:
@@ -178,11 +184,11 @@ class Verifier:
         self._identities[session_id] = (data, identity)
         return identity
 
-    def _unauthorized(self, url: str, forward: bool, basic_allowed: bool, environ: dict[str, Any], method: str,
+    def _unauthorized(self, url: str, style: ProxyStyle, basic_allowed: bool, environ: dict[str, Any], method: str,
                       policy: str, credentials: str | None) -> Outcome:
         location = f"{self.portal_url}/?rd={quote(url, safe='')}"
         browser = method in ("GET", "HEAD") and "text/html" in environ.get("HTTP_ACCEPT", "") and credentials is None
-        if forward and browser:
+        if style.redirects_browsers and browser:
             return Outcome(302, [("Location", location)], policy, "redirect")
         headers = [("Location", location)]
         if credentials is not None and credentials[:7].lower() == "bearer ":
@@ -198,38 +204,100 @@ class Verifier:
               request_id=environ.get("HTTP_X_REQUEST_ID"))
 
 
-def _original_request(environ: dict[str, Any], forward: bool) -> tuple[str, str, str, str]:
-    """(scheme, host[:port], path?query, method) of the request the proxy asks about.
+@dataclass(frozen=True, slots=True)
+class OriginalRequest:
+    """The request the proxy asks about, read once from the headers of one proxy style."""
 
-    Each endpoint reads only the headers its proxies set: forward-auth proxies (Caddy) pass every client
-    header along, so a client-sent X-Original-URL must never count there; /api/verify prefers
-    X-Original-URL (nginx sets it) and takes X-Forwarded-* only when it is absent.
+    scheme: str
+    host: str
+    #: path plus raw ``?query``, as the client sent it (the login page's rd keeps it)
+    target: str
+    method: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}{self.target}"
+
+
+class ProxyStyle:
+    """How one kind of proxy says which request it asks about, and how it wants a sign-in answered.
+
+    Each style reads only its own header family, with no fallback and no default: a proxy that did not
+    set a header leaves whatever the client sent, so a guess would judge the client's words. A header
+    that is missing, empty, sent twice or unreadable is a 400. granian hands a value holding non-ASCII
+    bytes to the application as an empty string, and joins a header sent twice with a bare comma.
     """
-    original = None if forward else environ.get("HTTP_X_ORIGINAL_URL")
-    if original:
+
+    #: Browsers that are not signed in get a 302 to the portal (forward-auth) or a 401 whose Location
+    #: the proxy turns into a redirect itself (auth-request).
+    redirects_browsers = False
+
+    def read(self, environ: dict[str, Any]) -> OriginalRequest:
+        raise NotImplementedError
+
+
+class AuthRequest(ProxyStyle):
+    """nginx ``auth_request`` and ingress-nginx ``auth-url`` (``/api/verify``): X-Original-URL and -Method."""
+
+    def read(self, environ: dict[str, Any]) -> OriginalRequest:
+        original = _header(environ, "X-Original-URL")
+        if _JOINED_URL_RE.search(original):
+            raise BadRequest("X-Original-URL was sent twice (the values arrive joined by a comma)")
         scheme, sep, rest = original.partition("://")
-        if not sep or scheme.lower() not in ("http", "https"):
+        if not sep:
             raise BadRequest("X-Original-URL must be an absolute http(s) URL")
         slash = rest.find("/")
-        host, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
-        method = environ.get("HTTP_X_ORIGINAL_METHOD") or "GET"
-    else:
-        host = environ.get("HTTP_X_FORWARDED_HOST", "")
-        if not host:
-            raise BadRequest("missing X-Forwarded-Proto/Host/Uri" if forward
-                             else "missing X-Original-URL, or X-Forwarded-Proto/Host/Uri")
-        scheme = environ.get("HTTP_X_FORWARDED_PROTO") or "https"
-        path = environ.get("HTTP_X_FORWARDED_URI") or "/"
-        method = environ.get("HTTP_X_FORWARDED_METHOD") or "GET"
+        host, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+        return _checked(scheme, host, target, _method(environ, "X-Original-Method"), "X-Original-URL")
+
+
+class ForwardAuth(ProxyStyle):
+    """Caddy, Traefik, HAProxy (``/api/forward-auth``): X-Forwarded-Proto, -Host, -Uri and -Method."""
+
+    redirects_browsers = True
+
+    def read(self, environ: dict[str, Any]) -> OriginalRequest:
+        scheme = _header(environ, "X-Forwarded-Proto")
+        host = _header(environ, "X-Forwarded-Host")
+        target = _header(environ, "X-Forwarded-Uri")
+        if ",/" in target:
+            raise BadRequest("X-Forwarded-Uri was sent twice (the values arrive joined by a comma)")
+        return _checked(scheme, host, target, _method(environ, "X-Forwarded-Method"), "X-Forwarded-Proto/-Host/-Uri")
+
+
+def _header(environ: dict[str, Any], name: str) -> str:
+    value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+    if value is None:
+        raise BadRequest(f"missing {name}: the proxy must set it on every verify request (see examples/)")
+    if not value:
+        raise BadRequest(f"empty {name}: the proxy sent an empty value, or one with bytes that are not ASCII "
+                         "(they cannot be read, so the request is refused rather than guessed)")
+    return value
+
+
+def _method(environ: dict[str, Any], name: str) -> str:
+    method = _header(environ, name)
+    if not _METHOD_RE.fullmatch(method):
+        raise BadRequest(f"malformed {name} (sent twice, or not an HTTP method)")
+    return method.upper()
+
+
+def _checked(scheme: str, host: str, target: str, method: str, names: str) -> OriginalRequest:
     scheme = scheme.lower()
-    if scheme not in ("http", "https") or not host or not _HOST_RE.fullmatch(host) or not path.startswith("/"):
-        raise BadRequest("malformed original URL")
-    if any(c in path for c in "\r\n\x00 "):
-        raise BadRequest("malformed original URL")
-    return scheme, host.lower(), path, method.upper()
+    if scheme not in ("http", "https"):
+        raise BadRequest(f"malformed {names}: the scheme must be http or https")
+    if not _HOST_RE.fullmatch(host):
+        raise BadRequest(f"malformed {names}: not a host name")
+    if not target.startswith("/") or any(c in target for c in "\r\n\x00 \t"):
+        raise BadRequest(f"malformed {names}: the path must start with / and hold no spaces or control characters")
+    return OriginalRequest(scheme, host.lower(), target, method)
 
 
 _HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+#: RFC 9110 token characters; a comma (two values joined) or a space is not one.
+_METHOD_RE = re.compile(r"[A-Za-z!#$%&'*+\-.^_`|~0-9]{1,32}")
+#: Where a second absolute URL starts after a comma: X-Original-URL sent twice.
+_JOINED_URL_RE = re.compile(r",\s*https?://", re.IGNORECASE)
 
 
 _STATUS_LINES = {200: "200 OK", 302: "302 Found", 401: "401 Unauthorized", 403: "403 Forbidden"}

@@ -69,7 +69,7 @@ def test_directory_down_refuses_logins_but_not_existing_sessions(tmp_path, slapd
         portal = f"http://auth.example.test:{setup.port}"
         http = requests.Session()
         assert login(http, portal, "bob", SlapdServer.PASSWORDS["bob"]).status_code == 302
-        verify = {"X-Original-URL": "http://app.example.test/prometheus/"}
+        verify = {"X-Original-Method": "GET", "X-Original-URL": "http://app.example.test/prometheus/"}
         slapd_fresh.stop()
         try:
             # the verify path never touches the directory: the session keeps working
@@ -107,7 +107,7 @@ def test_active_directory_nested_groups_and_refresh(tmp_path, samba_ad):
                                              "access_control": {"rules": rules}})
     with ServedPortal(setup):
         portal = f"http://auth.example.test:{setup.port}"
-        verify = {"X-Original-URL": "http://prometheus.example.test/graph"}
+        verify = {"X-Original-Method": "GET", "X-Original-URL": "http://prometheus.example.test/graph"}
         dave = requests.Session()
         assert login(dave, portal, "dave", SambaAD.PASSWORDS["dave"]).status_code == 302
         allowed = dave.get(portal + "/api/verify", headers=verify)

@@ -53,7 +53,7 @@ def verify_as(app, session_id: str, url: str = PROM):
     """A verify from another browser that presents `session_id` (a stolen or replayed cookie)."""
     other = ProxiedClient(app, use_cookies=False)
     return other.get("/api/verify", base_url=PORTAL,
-                     headers={"X-Original-URL": url, "Cookie": f"authportal_session={session_id}"})
+                     headers={"X-Original-Method": "GET", "X-Original-URL": url, "Cookie": f"authportal_session={session_id}"})
 
 
 def test_login_page_is_a_plain_form_with_security_headers(client):
@@ -224,10 +224,10 @@ def test_portal_under_a_path_prefix(portal_setup, app_with):
         "username": "bob", "password": USERS["bob"]["password"], "csrf_token": token})
     assert response.status_code == 302 and response.headers["Location"] == "/auth/"
     allowed = client.get("/auth/api/verify", base_url="http://app.example.test",
-                         headers={"X-Original-URL": "http://app.example.test/alertmanager/x"})
+                         headers={"X-Original-Method": "GET", "X-Original-URL": "http://app.example.test/alertmanager/x"})
     assert allowed.status_code == 200 and allowed.headers["Remote-User"] == "bob"
     anonymous = ProxiedClient(app).get("/auth/api/verify", base_url="http://app.example.test",
-                                       headers={"X-Original-URL": PROM})
+                                       headers={"X-Original-Method": "GET", "X-Original-URL": PROM})
     assert anonymous.headers["Location"].startswith(f"http://app.example.test:{portal_setup.port}/auth/?rd=")
 
 

@@ -37,7 +37,7 @@ def scripted_sequence(url: str) -> None:
     for _ in range(3):
         assert login(requests.Session(), url, "carol", "wrong").status_code == 401
     for i in range(10):
-        assert sessions[i % 2].get(url + "/api/verify", headers={"X-Original-URL": PROM}).status_code == 200
+        assert sessions[i % 2].get(url + "/api/verify", headers={"X-Original-Method": "GET", "X-Original-URL": PROM}).status_code == 200
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -67,7 +67,7 @@ def test_audit_log_is_json_lines_with_the_facts(tmp_path):
         http.headers["X-Request-ID"] = "req-login-1"
         login(http, url, "bob", "wrong-password")
         login(http, url, "bob")
-        http.get(url + "/api/verify", headers={"X-Original-URL": "http://alertmanager.example.test/",
+        http.get(url + "/api/verify", headers={"X-Original-Method": "GET", "X-Original-URL": "http://alertmanager.example.test/",
                                                "X-Forwarded-For": "192.0.2.44", "X-Request-ID": "req-123"})
         from tests.portal import csrf_from
 
@@ -123,7 +123,7 @@ def test_sighup_reloads_rules_and_keeps_sessions_and_refuses_a_broken_config(tmp
         url = f"http://auth.example.test:{setup.port}"
         http = requests.Session()
         login(http, url, "bob")
-        target = {"X-Original-URL": "http://new.example.test/"}
+        target = {"X-Original-Method": "GET", "X-Original-URL": "http://new.example.test/"}
         assert http.get(url + "/api/verify", headers=target).status_code == 403  # default deny
         rules = setup.document()["access_control"]["rules"] + [
             {"domain": "new.example.test", "subject": ["user:bob"], "policy": "one_factor"}]
@@ -169,7 +169,7 @@ def test_json_logs_and_a_debug_line_per_verify(tmp_path):
         url = f"http://auth.example.test:{setup.port}"
         http = requests.Session()
         login(http, url, "bob")
-        http.get(url + "/api/verify", headers={"X-Original-URL": PROM, "X-Request-ID": "req-verify-9"})
+        http.get(url + "/api/verify", headers={"X-Original-Method": "GET", "X-Original-URL": PROM, "X-Request-ID": "req-verify-9"})
         wait_until(lambda: "req-verify-9" in served.logs(), timeout=5, what="verify debug line")
         lines = [json.loads(line) for line in served.logs().splitlines() if line.startswith("{")]
     verify_lines = [line for line in lines if line["logger"] == "authportal.verify"]

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import base64
+import socket
 from urllib.parse import quote
 
 import pytest
 
 from tests.conftest import ProxiedClient
 from tests.portal import USERS
-from tests.test_login import PORTAL, PROM, post_login, verify
+from tests.test_login import PORTAL, PROM, VERIFY_PROM, post_login, verify
 
 
 def basic(user: str, password: str | None = None) -> str:
@@ -122,7 +123,7 @@ def test_forward_auth_allows_with_headers(client):
 def test_headers_from_an_untrusted_peer_are_refused(app):
     outsider = ProxiedClient(app)
     post_login(outsider, "bob")
-    response = outsider.get("/api/verify", base_url=PORTAL, headers={"X-Original-URL": PROM},
+    response = outsider.get("/api/verify", base_url=PORTAL, headers={"X-Original-Method": "GET", "X-Original-URL": PROM},
                             environ_overrides={"REMOTE_ADDR": "203.0.113.9"})
     assert response.status_code == 400
     assert b"not in server.trusted_proxies" in response.get_data()
@@ -131,10 +132,10 @@ def test_headers_from_an_untrusted_peer_are_refused(app):
 
 @pytest.mark.parametrize("headers", [
     {},
-    {"X-Original-URL": "not a url"},
-    {"X-Original-URL": "ftp://app.example.test/"},
-    {"X-Original-URL": "http://app.example.test/a b"},
-    {"X-Original-URL": "http://evil@app.example.test/prometheus/"},
+    {"X-Original-Method": "GET", "X-Original-URL": "not a url"},
+    {"X-Original-Method": "GET", "X-Original-URL": "ftp://app.example.test/"},
+    {"X-Original-Method": "GET", "X-Original-URL": "http://app.example.test/a b"},
+    {"X-Original-Method": "GET", "X-Original-URL": "http://evil@app.example.test/prometheus/"},
     {"X-Forwarded-Host": "app.example.test", "X-Forwarded-Uri": "relative"},
 ])
 def test_malformed_original_requests_are_400_never_500(client, headers):
@@ -161,10 +162,10 @@ def test_session_cookie_is_parsed_strictly(client, app):
     sid = client.get_cookie("authportal_session", domain="example.test").value
     other = ProxiedClient(app, use_cookies=False)  # sends our raw Cookie headers as they are
     for cookie in (f"xauthportal_session={sid}", f"authportal_session={sid[:-1]}", f"authportal_session={sid}'"):
-        response = other.get("/api/verify", base_url=PORTAL, headers={"X-Original-URL": PROM, "Cookie": cookie})
+        response = other.get("/api/verify", base_url=PORTAL, headers={"X-Original-Method": "GET", "X-Original-URL": PROM, "Cookie": cookie})
         assert response.status_code == 401, cookie
     ok = other.get("/api/verify", base_url=PORTAL,
-                   headers={"X-Original-URL": PROM, "Cookie": f"a=b; authportal_session={sid}; c=d"})
+                   headers={"X-Original-Method": "GET", "X-Original-URL": PROM, "Cookie": f"a=b; authportal_session={sid}; c=d"})
     assert ok.status_code == 200
 
 
@@ -454,3 +455,113 @@ def test_uncached_basic_checks_never_take_the_threads_verifies_need(app, client)
         for _ in range(held):
             gate.release()
     assert verify(ProxiedClient(app), Authorization=basic("bob")).status_code == 200
+
+
+# One header family per endpoint, no fallback and no default (issue 14). granian hands a header value with
+# non-ASCII bytes to the application as "", and joins a header sent twice with a bare comma: both are shown
+# here as the environ the portal receives, and through the real server below.
+PUBLIC = "http://app.example.test/public/x"
+CLIENT_FORWARDED = {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "app.example.test",
+                    "X-Forwarded-Uri": "/public/x", "X-Forwarded-Method": "GET"}
+
+
+@pytest.mark.parametrize(("headers", "reason"), [
+    # nginx's README snippet sets X-Original-URL only; the client adds the other family, pointing at a public path
+    ({"X-Original-Method": "POST", **CLIENT_FORWARDED}, b"missing X-Original-URL"),
+    # ?x=\xc3\xa9 made granian empty X-Original-URL: it was judged by the client's X-Forwarded-* instead
+    ({"X-Original-URL": "", "X-Original-Method": "POST", **CLIENT_FORWARDED}, b"empty X-Original-URL"),
+    # where the proxy set both families, both arrived empty and the request was judged as "/"
+    ({"X-Original-URL": "", "X-Original-Method": "GET", "X-Forwarded-Host": "", "X-Forwarded-Uri": ""},
+     b"empty X-Original-URL"),
+    ({"X-Original-URL": "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot"}, b"missing X-Original-Method"),
+    ({"X-Original-URL": "http://app.example.test/prometheus/", "X-Original-Method": ""}, b"empty X-Original-Method"),
+    ({"X-Original-URL": "http://app.example.test/prometheus/", "X-Original-Method": "GET,POST"},
+     b"malformed X-Original-Method"),
+    ({"X-Original-URL": f"{PUBLIC},http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot",
+      "X-Original-Method": "GET"}, b"X-Original-URL was sent twice"),
+])
+def test_verify_never_guesses_which_request_it_judges(client, headers, reason):
+    post_login(client, "bob")
+    response = client.get("/api/verify", base_url=PORTAL, headers=headers)
+    assert response.status_code == 400
+    assert reason in response.get_data()
+    assert "Remote-User" not in response.headers
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"X-Forwarded-Proto": None}, b"missing X-Forwarded-Proto"),
+    ({"X-Forwarded-Method": None}, b"missing X-Forwarded-Method"),
+    ({"X-Forwarded-Uri": ""}, b"empty X-Forwarded-Uri"),
+    ({"X-Forwarded-Host": ""}, b"empty X-Forwarded-Host"),
+    ({"X-Forwarded-Uri": "/public/x,/prometheus/api/v1/admin/tsdb/snapshot"}, b"X-Forwarded-Uri was sent twice"),
+    ({"X-Forwarded-Host": "app.example.test,evil.example"}, b"not a host name"),
+    ({"X-Forwarded-Proto": "https,http"}, b"the scheme must be http or https"),
+    # the nginx family is never read here: a client's X-Original-URL cannot stand in for the real request
+    ({"X-Forwarded-Uri": None, "X-Original-URL": PUBLIC}, b"missing X-Forwarded-Uri"),
+])
+def test_forward_auth_never_guesses_which_request_it_judges(client, change, reason):
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example.test",
+               "X-Forwarded-Uri": "/prometheus/graph", "X-Forwarded-Method": "GET", **change}
+    response = client.get("/api/forward-auth", base_url=PORTAL,
+                          headers={k: v for k, v in headers.items() if v is not None})
+    assert response.status_code == 400
+    assert reason in response.get_data()
+
+
+def test_a_refused_verify_is_logged_once_a_minute_not_per_request(client, caplog):
+    for _ in range(5):
+        assert client.get("/api/verify", base_url=PORTAL, headers={"X-Original-URL": PROM}).status_code == 400
+    lines = [r.getMessage() for r in caplog.records if r.name == "authportal.verify"]
+    assert len(lines) == 1, lines
+    assert "missing X-Original-Method" in lines[0] and "127.0.0.1" in lines[0]
+
+
+def test_an_untrusted_peer_is_named_in_the_answer_and_the_log(app, caplog):
+    outsider = ProxiedClient(app)
+    response = outsider.get("/api/verify", base_url=PORTAL, headers=VERIFY_PROM,
+                            environ_overrides={"REMOTE_ADDR": "203.0.113.9"})
+    assert response.status_code == 400
+    assert b"203.0.113.9" in response.get_data() and b"server.trusted_proxies" in response.get_data()
+    assert any("203.0.113.9" in r.getMessage() and "server.trusted_proxies" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_rules_see_a_non_ascii_path_decoded_as_utf8_like_nginx_uri(app_with):
+    app = app_with(access_control={"default_policy": "deny", "rules": [
+        {"domain": "app.example.test", "resources": ["^/café/"], "policy": "bypass"}]})
+    client = ProxiedClient(app)
+    assert verify(client, "http://app.example.test/caf%C3%A9/menu").status_code == 200
+    assert verify(client, "http://app.example.test/caf%c3%a9/menu?q=%C3%A9").status_code == 200
+    assert verify(client, "http://app.example.test/cafe/menu").status_code == 403
+    assert verify(client, "http://app.example.test/caf%E9/menu").status_code == 403  # latin-1 é is not UTF-8 é
+
+
+def _raw_verify(port: int, header_lines: bytes) -> tuple[int, bytes]:
+    """One request with exactly these header bytes (requests and http.client would encode or refuse them)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /api/verify HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + header_lines + b"\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize("original", [
+    b"X-Original-URL: http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot?x=\xc3\xa9\r\n",  # raw UTF-8
+    b"X-Original-URL: http://app.example.test/prometheus/\x80\xff\r\n",  # obs-text
+])
+def test_the_real_server_refuses_a_url_it_cannot_read(served_portal, original):
+    """granian empties a value with bytes >= 0x80; the portal refuses it instead of judging the other family."""
+    status, body = _raw_verify(served_portal.setup.port, original + b"X-Original-Method: POST\r\n"
+                               b"X-Forwarded-Host: app.example.test\r\nX-Forwarded-Uri: /public/x\r\n")
+    assert (status, body) == (400, b"empty X-Original-URL: the proxy sent an empty value, or one with bytes that "
+                                   b"are not ASCII (they cannot be read, so the request is refused rather than "
+                                   b"guessed)\n")
+
+
+def test_the_real_server_refuses_a_doubled_header(served_portal):
+    status, body = _raw_verify(served_portal.setup.port, b"X-Original-URL: http://app.example.test/public/x\r\n"
+                               b"X-Original-URL: http://app.example.test/prometheus/api/v1/admin/\r\n"
+                               b"X-Original-Method: GET\r\n")
+    assert status == 400 and b"sent twice" in body
