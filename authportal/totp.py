@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .config import TotpConfig
-from .secretbox import SecretBox
+from .secretbox import DecryptionError, SecretBox
 from .storage import Storage, StorageUnavailable, totp_configurations, totp_history
 
 DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -67,6 +67,17 @@ class TotpService:
         """otpauth:// URI for a new secret under the configured parameters."""
         c = self.config
         return self._uri(username, secret, TotpDevice(c.algorithm, c.digits, c.period, 0.0))
+
+    def seal_pending(self, username: str, secret: str) -> str:
+        """`secret` sealed for the session record while the user enrolls: the session store never sees it in clear."""
+        return base64.b64encode(self.box.seal(secret.encode(), _pending_associated(username))).decode()
+
+    def open_pending(self, username: str, sealed: str) -> str | None:
+        """The pending secret, or None when `sealed` does not open (another user's, or one an older version kept in clear)."""
+        try:
+            return self.box.open(base64.b64decode(sealed, validate=True), _pending_associated(username)).decode()
+        except (DecryptionError, binascii.Error, ValueError):
+            return None
 
     @staticmethod
     def qr_svg(uri: str) -> str:
@@ -128,7 +139,8 @@ class TotpService:
         with self.storage.begin() as conn:
             conn.execute(totp_history.delete().where(totp_history.c.username == username))
             deleted = conn.execute(totp_configurations.delete().where(totp_configurations.c.username == username))
-            return deleted.rowcount > 0
+        self.storage.truncate_wal()
+        return deleted.rowcount > 0
 
     def _save(self, username: str, secret: str, device: TotpDevice, used_step: int | None = None) -> bool:
         statements: list[Any] = [
@@ -142,7 +154,9 @@ class TotpService:
         ]
         if used_step is not None:
             statements.append(totp_history.insert().values(username=username, step=used_step, used_at=self.clock()))
-        return self._write(statements)
+        saved = self._write(statements)
+        self.storage.truncate_wal()  # the replaced device's sealed seed leaves SQLite's WAL too
+        return saved
 
     # Checking.
 
@@ -194,6 +208,11 @@ def _device(row: Any) -> TotpDevice:
 def _associated(username: str) -> bytes:
     """Binds a sealed secret to its user: a blob copied onto another row does not open."""
     return b"totp:" + username.encode()
+
+
+def _pending_associated(username: str) -> bytes:
+    """A pending seed opens only as the same user's pending seed, never as a stored device."""
+    return b"totp-pending:" + username.encode()
 
 
 def _clean_code(code: str) -> str | None:

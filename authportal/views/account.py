@@ -58,12 +58,18 @@ def totp_setup() -> Response:
         return _confirm_code(session, rd)
     if not _recently_authenticated(session):
         return make_response(render_template("reauthenticate.html", rd=rd, session=session))
-    secret = session.get("pending_totp")
+    secret = _pending_secret(session)
     if not secret:
         secret = portal.totp.new_secret()
-        session = dict(session, pending_totp=secret)
+        session = dict(session, pending_totp=portal.totp.seal_pending(session["user"], secret))
         _save(session)
     return _setup_page(session, secret, rd)
+
+
+def _pending_secret(session: dict[str, Any]) -> str | None:
+    """The secret being enrolled: the session record holds it only sealed, as the database holds a device's."""
+    sealed = session.get("pending_totp")
+    return current_portal().totp.open_pending(session["user"], sealed) if sealed else None
 
 
 def _setup_page(session: dict[str, Any], secret: str, rd: str, error: str | None = None, status: int = 200) -> Response:
@@ -90,7 +96,7 @@ def _confirm_password(session: dict[str, Any], rd: str) -> Response:
 
 def _confirm_code(session: dict[str, Any], rd: str) -> Response:
     portal = current_portal()
-    secret = session.get("pending_totp")
+    secret = _pending_secret(session)
     if not secret or not _recently_authenticated(session):
         return redirect(url_for("account.totp_setup", rd=rd or None))
     if not portal.totp.enroll(session["user"], secret, request.form.get("code", "")):
