@@ -7,9 +7,12 @@ placeholders filled in, and stops both on exit. Layouts:
 - `seed-layout`: app.example.test/prometheus/, /alertmanager/, /public/; portal on auth.example.test
 - `subdomains`: prometheus.example.test, alertmanager.example.test; portal on auth.example.test
 - `ingress-nginx`: what ingress-nginx generates from ingress.yaml; portal at the root of app.example.test
+
+`HAProxyExample` runs examples/haproxy (haproxy.cfg with its Lua file beside it).
 """
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ import pytest
 
 from tests.portal import PortalSetup, ServedPortal
 from tests.servers import IN_CI, free_port
+from tests.servers.haproxy import HAProxy
 from tests.servers.nginx import Nginx
 from tests.servers.process import REPO
 
@@ -99,3 +103,22 @@ def nginx_stack(name: str, directory: Path, backends: Mapping[str, str],
         stack.callback(nginx.stop)
         nginx.start()
         yield NginxStack(name, layout, port, portal, nginx)
+
+
+HAPROXY_EXAMPLE = REPO / "examples" / "haproxy"
+CADDY_EXAMPLE = REPO / "examples" / "caddy" / "Caddyfile"
+
+
+class HAProxyExample(HAProxy):
+    """examples/haproxy/haproxy.cfg with auth-request.lua beside it, where `default-path config` looks for it.
+
+    Placeholders: LISTEN, PORTAL, RELAY, PROMETHEUS, ALERTMANAGER, PUBLIC (see the file's header).
+    """
+
+    @classmethod
+    def example(cls, substitutions: Mapping[str, Any] | None = None, **more: Any) -> HAProxyExample:
+        return cls.from_file(HAPROXY_EXAMPLE / "haproxy.cfg", substitutions, **more)
+
+    def prepare(self) -> None:
+        shutil.copy(HAPROXY_EXAMPLE / "auth-request.lua", self.dir / "auth-request.lua")
+        super().prepare()
