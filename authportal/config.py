@@ -1,7 +1,10 @@
 """Configuration: one YAML file validated into a typed, frozen model.
 
 Every problem is reported at once with its key path (``session.expiration:
-invalid duration``); unknown keys are errors, never silently ignored.
+invalid duration``); unknown keys are errors, never silently ignored. A check
+between keys runs whenever the keys it reads are valid, whatever else is broken,
+and names them (``session.domain: … (server.portal_url)``), so one run of
+``check-config`` shows everything to fix.
 ``AUTHPORTAL_<PATH>`` environment variables override keys (``__`` between
 levels) and every secret ``X`` may be given as ``X_file`` instead.
 """
@@ -13,8 +16,9 @@ import logging
 import os
 import re
 import typing
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -25,6 +29,8 @@ from pydantic import (
     IPvAnyNetwork,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -36,6 +42,7 @@ ENV_PREFIX = "AUTHPORTAL_"
 CONFIG_PATH_ENV = "X_AUTHPORTAL_CONFIG"
 
 log = logging.getLogger("authportal.config")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
@@ -71,11 +78,28 @@ StrList = Annotated[list[str], BeforeValidator(_listify)]
 
 
 class ConfigError(Exception):
-    """All the problems found in a configuration, each `key.path: reason`."""
+    """All the problems found in a configuration, each `key.path: reason`.
 
-    def __init__(self, errors: list[str]):
+    `authentication` is that section when it is valid although something else is not, so that its backend
+    (the users file) can still be checked in the same run.
+    """
+
+    def __init__(self, errors: list[str], authentication: AuthenticationConfig | None = None):
         super().__init__("\n".join(errors))
         self.errors = errors
+        self.authentication = authentication
+
+
+class SiblingProblem(ValueError):
+    """Raised by a field validator about another key of its section: reported at that key's path.
+
+    A check between keys is a field validator on the last key it reads (the others are in `info.data` when
+    they are valid), so it runs whatever else in the section is broken, which a model validator would not.
+    """
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 class Model(BaseModel):
@@ -237,7 +261,7 @@ class LdapConfig(SecretsMixin):
     additional_users_dn: str | None = None
     additional_groups_dn: str | None = None
     user: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = Field(default=None, validate_default=True)
     users_filter: str | None = None
     groups_filter: str | None = None
     username_attribute: str | None = None
@@ -257,19 +281,25 @@ class LdapConfig(SecretsMixin):
                 raise ValueError(f"{url!r} is not an ldap:// or ldaps:// URL")
         return urls
 
-    @model_validator(mode="after")
-    def _check_bind(self) -> LdapConfig:
-        if self.user and self.password is None:
-            raise ValueError("user is set but neither password nor password_file is")
-        if any(u.startswith("ldaps://") for u in self.url) and self.start_tls:
-            raise ValueError("start_tls cannot be combined with an ldaps:// URL")
-        return self
+    @field_validator("start_tls")
+    @classmethod
+    def _not_twice_tls(cls, start_tls: bool, info: ValidationInfo) -> bool:
+        if start_tls and any(u.startswith("ldaps://") for u in info.data.get("url", [])):
+            raise ValueError("cannot be combined with an ldaps:// URL (authentication.ldap.url): ldaps is TLS already")
+        return start_tls
+
+    @field_validator("password")
+    @classmethod
+    def _password_for_user(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if password is None and info.data.get("user"):
+            raise ValueError("required (or password_file) when authentication.ldap.user is set")
+        return password
 
 
 class AuthenticationConfig(Model):
     backend: Literal["file", "ldap"] = "file"
-    file: FileBackendConfig | None = None
-    ldap: LdapConfig | None = None
+    file: FileBackendConfig | None = Field(default=None, validate_default=True)
+    ldap: LdapConfig | None = Field(default=None, validate_default=True)
     #: Machine clients: HTTP Basic on the verify endpoints (a rule may override it).
     basic_auth: bool = True
     basic_auth_realm: str = "authportal"
@@ -277,11 +307,12 @@ class AuthenticationConfig(Model):
     credentials_cache_ttl: Duration = 60.0
     credentials_cache_size: int = Field(default=10000, ge=1)
 
-    @model_validator(mode="after")
-    def _check_backend(self) -> AuthenticationConfig:
-        if getattr(self, self.backend) is None:
-            raise ValueError(f"backend is {self.backend!r} but the {self.backend!r} section is missing")
-        return self
+    @field_validator("file", "ldap")
+    @classmethod
+    def _section_of_the_backend(cls, section: Any, info: ValidationInfo) -> Any:
+        if section is None and info.data.get("backend") == info.field_name:
+            raise ValueError(f"required key is missing (authentication.backend is {info.field_name!r})")
+        return section
 
 
 class TotpConfig(Model):
@@ -341,9 +372,13 @@ class NamedNetworks(Model):
     networks: list[IPvAnyNetwork]
 
 
+#: The names in access_control.networks while its rules are validated; None: unknown (they are invalid).
+_network_names: ContextVar[frozenset[str] | None] = ContextVar("network_names", default=None)
+
+
 class AccessRule(Model):
     domain: StrList = []
-    domain_regex: StrList = []
+    domain_regex: Annotated[StrList, Field(validate_default=True)] = []
     resources: StrList = []
     methods: list[str] = []
     #: Each item is OR'ed; an item that is itself a list is AND'ed (`[[group:a, group:b]]`).
@@ -361,6 +396,21 @@ class AccessRule(Model):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return values
+
+    @field_validator("networks")
+    @classmethod
+    def _check_networks(cls, values: list[str]) -> list[str]:
+        names = _network_names.get()
+        if names is None:  # validated outside access_control, or its names are broken (reported there)
+            return values
+        for net in values:
+            if net in names:
+                continue
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is neither a CIDR nor a name from access_control.networks") from None
         return values
 
     @field_validator("methods")
@@ -383,13 +433,19 @@ class AccessRule(Model):
                     raise ValueError(f"subject {subject!r} must be 'user:NAME' or 'group:NAME'")
         return values
 
-    @model_validator(mode="after")
-    def _check_domains(self) -> AccessRule:
-        if not self.domain and not self.domain_regex:
-            raise ValueError("a rule needs domain or domain_regex")
-        if self.policy == "bypass" and self.subject:
-            raise ValueError("a bypass rule cannot have a subject (nobody is logged in to match it)")
-        return self
+    @field_validator("domain_regex")
+    @classmethod
+    def _some_domain(cls, domain_regex: list[str], info: ValidationInfo) -> list[str]:
+        if not domain_regex and info.data.get("domain") == []:
+            raise SiblingProblem("domain", "a rule needs domain or domain_regex")
+        return domain_regex
+
+    @field_validator("policy")
+    @classmethod
+    def _bypass_for_anyone(cls, policy: Policy, info: ValidationInfo) -> Policy:
+        if policy == "bypass" and info.data.get("subject"):
+            raise SiblingProblem("subject", "a bypass rule cannot have a subject (nobody is logged in to match it)")
+        return policy
 
 
 class AccessControlConfig(Model):
@@ -397,18 +453,17 @@ class AccessControlConfig(Model):
     networks: list[NamedNetworks] = []
     rules: list[AccessRule] = []
 
-    @model_validator(mode="after")
-    def _check_network_names(self) -> AccessControlConfig:
-        names = {n.name for n in self.networks}
-        for rule in self.rules:
-            for net in rule.networks:
-                if net in names:
-                    continue
-                try:
-                    ipaddress.ip_network(net, strict=False)
-                except ValueError:
-                    raise ValueError(f"network {net!r} is neither a CIDR nor a name from access_control.networks") from None
-        return self
+    @field_validator("rules", mode="wrap")
+    @classmethod
+    def _rules_know_the_network_names(cls, rules: Any, handler: ValidatorFunctionWrapHandler,
+                                      info: ValidationInfo) -> list[AccessRule]:
+        """Each rule checks its own `networks` against the names, so a broken rule hides no other's error."""
+        names = frozenset(n.name for n in info.data["networks"]) if "networks" in info.data else None
+        token = _network_names.set(names)
+        try:
+            return handler(rules)
+        finally:
+            _network_names.reset(token)
 
 
 class LogConfig(Model):
@@ -429,6 +484,9 @@ class MetricsConfig(Model):
 
 
 class Config(SecretsMixin):
+    """The whole configuration. Checks between sections are run by `parse_config` (`_combination_problems`),
+    on the keys they read validated alone, so that they run even when another section is broken."""
+
     _secret_fields = ("secret_key",)
     server: ServerConfig = ServerConfig()
     secret_key: SecretStr
@@ -448,28 +506,9 @@ class Config(SecretsMixin):
             raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
         return value
 
-    @model_validator(mode="after")
-    def _check_combinations(self) -> Config:
-        domain = self.session.domain
-        if domain:
-            host = (urlsplit(self.portal_url).hostname or "").lower()
-            if host != domain and not host.endswith("." + domain):
-                raise ValueError(
-                    f"session.domain {domain!r} does not cover the portal host {host!r}: "
-                    "the session cookie would never reach the portal"
-                )
-        if self.portal_url.startswith("http://") and self.session.cookie_secure:
-            host = urlsplit(self.portal_url).hostname
-            if host not in ("127.0.0.1", "localhost", "::1"):
-                raise ValueError(
-                    "server.portal_url is http:// but session.cookie_secure is true: "
-                    "browsers would drop the cookie; use https or set cookie_secure: false for a trial"
-                )
-        return self
-
     @property
     def portal_url(self) -> str:
-        return self.server.portal_url or f"http://{self.server.address}"
+        return _portal_url(self.server)
 
     def warnings(self) -> list[str]:
         """Legal but risky settings, logged loudly at every start."""
@@ -489,6 +528,44 @@ class Config(SecretsMixin):
         return found
 
 
+def _portal_url(server: ServerConfig) -> str:
+    return server.portal_url or f"http://{server.address}"
+
+
+def _combination_problems(server: ServerConfig | None, session: SessionConfig | None) -> list[str]:
+    """Checks between sections (run by parse_config): the session cookie must reach the portal."""
+    if server is None or session is None:  # what they read is invalid, and reported as such
+        return []
+    problems = []
+    portal_url = _portal_url(server)
+    host = (urlsplit(portal_url).hostname or "").lower()
+    domain = session.domain
+    if domain and host != domain and not host.endswith("." + domain):
+        problems.append(f"session.domain: {domain!r} does not cover the portal host {host!r} (server.portal_url): "
+                        "the session cookie would never reach the portal")
+    if portal_url.startswith("http://") and session.cookie_secure and host not in ("127.0.0.1", "localhost", "::1"):
+        given = "is http://" if server.portal_url else f"is not set, so it is {portal_url} (from server.address),"
+        problems.append(f"server.portal_url: {given} but session.cookie_secure is true: browsers do not send "
+                        "Secure cookies back over http; use an https:// URL, or for a plain-http trial set "
+                        "session.cookie_secure: false")
+    return problems
+
+
+def _valid_alone(model: type[ModelT], raw: dict[str, Any], name: str,
+                 keys: tuple[str, ...] | None = None) -> ModelT | None:
+    """Section `name` of the raw document (only its `keys`, if given) validated by itself, or None if invalid:
+    a check between sections still runs when the document has errors elsewhere."""
+    section = raw.get(name, {})
+    if not isinstance(section, dict):
+        return None
+    if keys is not None:
+        section = {key: value for key, value in section.items() if key in keys}
+    try:
+        return model.model_validate(section)
+    except ValidationError:
+        return None
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -504,14 +581,17 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 def _format_errors(exc: ValidationError) -> list[str]:
     errors = []
     for err in exc.errors(include_url=False):
-        message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        loc, message = err["loc"], err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, SiblingProblem):
+            loc = (*loc[:-1], cause.key)
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         elif err["type"] == "missing" and err["loc"] == ("secret_key",):
             message = "required (or secret_key_file): it signs cookies and encrypts TOTP secrets"
         elif err["type"] == "missing":
             message = "required key is missing"
-        errors.append(f"{_format_loc(err['loc'])}: {message}")
+        errors.append(f"{_format_loc(loc)}: {message}")
     return sorted(set(errors), key=errors.index)
 
 
@@ -557,9 +637,14 @@ def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         errors = [e for e in _format_errors(exc) if e.split(":", 1)[0] not in unreadable]
-        raise ConfigError(problems + errors) from None
+        errors += _combination_problems(
+            _valid_alone(ServerConfig, raw, "server", ("address", "portal_url")),
+            _valid_alone(SessionConfig, raw, "session", ("domain", "cookie_secure")),
+        )
+        raise ConfigError(problems + errors, _valid_alone(AuthenticationConfig, raw, "authentication")) from None
+    problems += _combination_problems(config.server, config.session)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, config.authentication)
     return config
 
 
@@ -577,19 +662,25 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     cwd = os.getcwd()
     try:
         os.chdir(path.resolve().parent)  # `*_file` and relative paths resolve beside the config
-        config = parse_config(raw, environ)
+        try:
+            config = parse_config(raw, environ)
+        except ConfigError as exc:
+            if exc.authentication is not None:
+                exc.authentication = _absolute_authentication(exc.authentication)
+            raise
         return _absolute_paths(config)
     finally:
         os.chdir(cwd)
 
 
+def _absolute_authentication(auth: AuthenticationConfig) -> AuthenticationConfig:
+    if auth.file is None:
+        return auth
+    return auth.model_copy(update={"file": auth.file.model_copy(update={"path": auth.file.path.resolve()})})
+
+
 def _absolute_paths(config: Config) -> Config:
-    auth = config.authentication
-    updates: dict[str, Any] = {}
-    if auth.file is not None:
-        updates["authentication"] = auth.model_copy(
-            update={"file": auth.file.model_copy(update={"path": auth.file.path.resolve()})}
-        )
+    updates: dict[str, Any] = {"authentication": _absolute_authentication(config.authentication)}
     if config.storage.sqlite is not None:
         updates["storage"] = config.storage.model_copy(
             update={"sqlite": SqliteConfig(path=config.storage.sqlite.path.resolve())}

@@ -40,3 +40,13 @@ class TrustedProxies:
             if hop and not self.is_trusted(hop):
                 return hop
         return hops[0] or peer
+
+    def scheme(self, environ: dict[str, Any]) -> str:
+        """How the browser reached the portal: a trusted proxy's X-Forwarded-Proto (the first hop's), else the
+        scheme of the connection itself."""
+        forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "")
+        if forwarded and self.is_trusted(environ.get("REMOTE_ADDR", "")):
+            first = forwarded.split(",")[0].strip().lower()
+            if first in ("http", "https"):
+                return first
+        return environ.get("wsgi.url_scheme", "http")

@@ -13,7 +13,7 @@ import os
 import signal
 import tempfile
 
-from .config import CONFIG_PATH_ENV, Config, load_config
+from .config import CONFIG_PATH_ENV, AuthenticationConfig, Config, ConfigError, load_config
 from .logs import setup_logging
 from .storage import StorageUnavailable
 
@@ -31,26 +31,40 @@ def _with_command_line(config: Config) -> Config:
     return config.model_copy(update={"server": config.server.model_copy(update=overrides)})
 
 
-def check_backends(config: Config) -> list[str]:
+def check_backends(authentication: AuthenticationConfig) -> list[str]:
     """Problems that make the config unusable although it parses (users file missing or malformed)."""
     from .authentication.users_file import UsersFileError, parse_users_file
 
     problems = []
-    if config.authentication.backend == "file":
-        assert config.authentication.file is not None
+    if authentication.backend == "file":
+        assert authentication.file is not None
         try:
-            parse_users_file(config.authentication.file.path)
+            parse_users_file(authentication.file.path)
         except UsersFileError as exc:
             problems.append(f"authentication.file.path: {exc}")
     else:
         from .authentication.ldap import LdapUserProvider
 
-        assert config.authentication.ldap is not None
+        assert authentication.ldap is not None
         try:  # compiles filters and TLS settings; connects only when first used
-            LdapUserProvider(config.authentication.ldap).close()
+            LdapUserProvider(authentication.ldap).close()
         except ValueError as exc:
             problems.append(str(exc))
     return problems
+
+
+def load_checked_config(config_path: str) -> Config:
+    """The configuration, its backend checked too; else one ConfigError with every problem, the users file's
+    included whenever the authentication section is valid (fixing the rest first would only reveal it later)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        backend = check_backends(exc.authentication) if exc.authentication is not None else []
+        raise ConfigError(exc.errors + backend) from None
+    problems = check_backends(config.authentication)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def run(config: Config, config_path: str, workers: int | None = None, threads: int | None = None) -> int:
@@ -71,7 +85,7 @@ def run(config: Config, config_path: str, workers: int | None = None, threads: i
     from .config import ConfigError
 
     setup_logging(config.log)
-    problems = check_backends(config)
+    problems = check_backends(config.authentication)
     if problems:
         report_config_errors(ConfigError(problems))
         return EXIT_CONFIG
@@ -102,10 +116,7 @@ def reload_config(config_path: str) -> bool:
     counts = _active["reloads"]
     assert isinstance(counts, dict)
     try:
-        config = load_config(config_path)
-        problems = check_backends(config)
-        if problems:
-            raise ConfigError(problems)
+        config = load_checked_config(config_path)
     except ConfigError as exc:
         counts["failure"] += 1
         log.error("configuration reload refused, the running configuration keeps serving:\n  %s",

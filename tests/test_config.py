@@ -40,15 +40,32 @@ def test_users_yml_example_is_a_valid_users_file(tmp_path, portal_setup):
      "access_control.rules[0].resources: Value error, invalid regular expression"),
     ({"access_control": {"rules": [{"domain": "x.test", "policy": "one_factor", "subject": ["admins"]}]}},
      "must be 'user:NAME' or 'group:NAME'"),
-    ({"authentication": {"backend": "ldap"}}, "authentication: Value error, backend is 'ldap' but the 'ldap' section is missing"),
+    ({"authentication": {"backend": "ldap"}},
+     "authentication.ldap: required key is missing (authentication.backend is 'ldap')"),
     ({"session": {"redis": {"url": "http://localhost"}}}, "session.redis.url: Value error, must be a redis://"),
-    ({"session": {"domain": "other.test"}}, "does not cover the portal host"),
+    ({"session": {"domain": "other.test"}},
+     "session.domain: 'other.test' does not cover the portal host 'auth.example.test' (server.portal_url)"),
+    ({"session": {"cookie_secure": True}},
+     "server.portal_url: is http:// but session.cookie_secure is true: browsers do not send Secure cookies back"),
+    ({"access_control": {"rules": [{"resources": ["^/x"], "policy": "deny"}]}},
+     "access_control.rules[0].domain: a rule needs domain or domain_regex"),
+    ({"access_control": {"rules": [{"domain": "x.test", "policy": "bypass", "subject": ["group:a"]}]}},
+     "access_control.rules[0].subject: a bypass rule cannot have a subject"),
+    ({"access_control": {"rules": [{"domain": "x.test", "policy": "deny"},
+                                   {"domain": "x.test", "policy": "deny", "networks": ["office"]}]}},
+     "access_control.rules[1].networks: 'office' is neither a CIDR nor a name from access_control.networks"),
+    ({"authentication": {"backend": "ldap", "ldap": {"url": "ldaps://dc.test", "base_dn": "dc=test",
+                                                     "start_tls": True, "user": "cn=svc"}}},
+     "authentication.ldap.start_tls: cannot be combined with an ldaps:// URL (authentication.ldap.url)"),
+    ({"authentication": {"backend": "ldap", "ldap": {"url": "ldap://dc.test", "base_dn": "dc=test", "user": "cn=svc"}}},
+     "authentication.ldap.password: required (or password_file) when authentication.ldap.user is set"),
 ], ids=lambda v: str(v)[:40])
 def test_broken_configs_exit_2_naming_the_key(portal_setup, change, expected):
     portal_setup.write(**change)
     code, output = check(portal_setup.config_path)
     assert code == 2
     assert expected.replace("Value error, ", "") in output
+    assert "(top level)" not in output
 
 
 def test_missing_secret_is_refused(portal_setup):
@@ -103,6 +120,40 @@ def test_all_errors_are_reported_at_once(portal_setup):
     code, output = check(portal_setup.config_path)
     assert code == 2
     assert all(part in output for part in ("bogus: unknown key", "session.expiration", "server.workers"))
+
+
+def test_schema_users_file_and_domain_errors_are_reported_in_one_run(portal_setup):
+    """Issue 15: the users file was checked only once the schema was clean, the domain only on the run after."""
+    portal_setup.write(regulation={"max_retries": 0}, session={"domain": "other.test"})
+    portal_setup.users_path.write_text("users:\n  bob:\n    password: plaintext\n")
+    code, output = check(portal_setup.config_path)
+    assert code == 2
+    lines = output.splitlines()
+    assert lines[0] == "configuration errors:"
+    assert any(line.startswith("  regulation.max_retries: Input should be greater than or equal to 1") for line in lines)
+    assert any(line.startswith("  session.domain: 'other.test' does not cover the portal host") for line in lines)
+    assert any(line.startswith("  authentication.file.path: ") and "plain-text passwords are refused" in line
+               for line in lines)
+    assert len(lines) == 4 and "(top level)" not in output
+
+
+def test_a_check_between_keys_runs_beside_an_error_in_the_same_section(portal_setup):
+    portal_setup.write(session={"domain": "other.test", "expiration": "soon"},
+                       access_control={"rules": [{"resources": ["(["], "policy": "deny"}]})
+    code, output = check(portal_setup.config_path)
+    assert code == 2
+    for expected in ("session.expiration: invalid duration 'soon'", "session.domain: 'other.test' does not cover",
+                     "access_control.rules[0].resources: invalid regular expression",
+                     "access_control.rules[0].domain: a rule needs domain or domain_regex"):
+        assert expected in output
+
+
+def test_a_check_between_keys_stays_quiet_when_a_key_it_reads_is_broken(portal_setup):
+    # portal_url is invalid: its own error is enough, not a second one computed from the default URL.
+    portal_setup.write(server={"portal_url": "auth.example.test"}, session={"cookie_secure": True})
+    code, output = check(portal_setup.config_path)
+    assert code == 2
+    assert output.splitlines()[1:] == ["  server.portal_url: must be an absolute http(s) URL, e.g. https://auth.example.com"]
 
 
 def test_durations():

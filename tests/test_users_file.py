@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 
 import argon2
@@ -41,6 +43,19 @@ def test_hash_password_stdin_prints_argon2id():
 def test_hash_password_refuses_empty():
     result = CliRunner().invoke(main, ["hash-password", "--stdin"], input="\n")
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("command", [["hash-password"], ["users", "add", "--file", "USERS", "erin"]],
+                         ids=["hash-password", "users-add"])
+def test_without_a_terminal_the_password_prompt_points_to_stdin(users_path, command):
+    """`echo pw | authportal hash-password` in a script or a container: no Python warning, no "Aborted!"."""
+    before = users_path.read_text()
+    command = [str(users_path) if arg == "USERS" else arg for arg in command]
+    result = subprocess.run([sys.executable, "-m", "authportal", *command], input="pw\n", capture_output=True,
+                            text=True, timeout=60, start_new_session=True)  # no controlling terminal
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: no terminal: use --stdin to read the password from standard input\n"
+    assert users_path.read_text() == before  # erin was not added
 
 
 def test_bcrypt_hashes_from_htpasswd_verify(tmp_path):

@@ -6,7 +6,7 @@ import sys
 import click
 
 from .. import __version__
-from ..config import ConfigError, load_config
+from ..config import ConfigError
 from .common import EXIT_CONFIG, EXIT_RUNTIME, config_option, load_or_exit, read_password, report_config_errors
 
 
@@ -35,17 +35,13 @@ def serve(config_path: str, workers: int | None, threads: int | None) -> None:
 @main.command("check-config")
 @config_option
 def check_config(config_path: str) -> None:
-    """Validate the configuration (and the users file); print every error with its key path."""
-    from ..server import check_backends
+    """Validate the configuration (and the users file); print every error with its key path, all in one run."""
+    from ..server import load_checked_config
 
     try:
-        config = load_config(config_path)
-        problems = check_backends(config)
+        config = load_checked_config(config_path)
     except ConfigError as exc:
         report_config_errors(exc)
-        sys.exit(EXIT_CONFIG)
-    if problems:
-        report_config_errors(ConfigError(problems))
         sys.exit(EXIT_CONFIG)
     for warning in config.warnings():
         click.echo(f"warning: {warning}", err=True)

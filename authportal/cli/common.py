@@ -40,9 +40,15 @@ def report_config_errors(exc: ConfigError) -> None:
 
 
 def read_password(from_stdin: bool) -> str:
-    """A new password: the first line of stdin, or a hidden prompt asked twice; empty exits 2."""
+    """A new password: the first line of stdin, or a hidden prompt asked twice; empty exits 2.
+
+    The prompt needs a terminal: with stdin a pipe (a script, a container without -t) getpass would warn,
+    read the password unhidden and fail on the confirmation, so that is refused with the way that works.
+    """
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        fail("no terminal: use --stdin to read the password from standard input", EXIT_CONFIG)
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     if not password:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,10 @@ from typing import Any
 from flask import Flask, Response, abort, current_app, g, request
 
 from ..app import Portal
+from ..logs import RateLimitedLog
 from ..sessions import SessionStoreUnavailable
+
+log = logging.getLogger("authportal.http")
 
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self' https: http:; "
        "frame-ancestors 'none'; base-uri 'none'")
@@ -49,7 +53,35 @@ def check_csrf() -> None:
     sent = request.form.get("csrf_token", "")
     # bytes: compare_digest raises on non-ASCII text, and a form field may hold anything
     if len(seed) != 43 or not hmac.compare_digest(sent.encode(), _csrf_for(seed).encode()):
-        abort(400, description="The form expired or was not sent by this site. Reload the page and try again.")
+        over_http = None if seed else _secure_cookie_lost_over_http()
+        abort(400, description=f"This form cannot work here: {over_http}." if over_http else
+              "The form expired or was not sent by this site. Reload the page and try again.")
+
+
+def _secure_cookie_lost_over_http() -> str | None:
+    """Why the form's cookie did not come back, when the reason is that this request came over http.
+
+    With session.cookie_secure the cookie is Secure, and a browser never sends it back over http: behind a
+    plain-http proxy every form fails and reloading never helps. The page says so, and the log too, at most
+    once a minute (each failed form would otherwise log the same line).
+    """
+    portal = current_portal()
+    if not portal.config.session.cookie_secure or portal.proxies.scheme(request.environ) != "http":
+        return None
+    portal_url = portal.config.portal_url
+    if portal_url.startswith("https://"):
+        problem = f"the portal URL is https ({portal_url}) but this request came over http"
+        fix = ("serve the portal over https (a proxy that terminates TLS must send X-Forwarded-Proto: https), "
+               "or for a plain-http trial set server.portal_url to http://… and session.cookie_secure: false")
+    else:
+        problem = "session.cookie_secure is true but this request came over http"
+        fix = "serve the portal over https, or for a plain-http trial set session.cookie_secure: false"
+    reason = (f"{problem}: the browser does not send back the Secure cookie the form needs, "
+              f"so reloading does not help; {fix}")
+    once_a_minute = current_app.extensions.get("authportal.csrf_log") or current_app.extensions.setdefault(
+        "authportal.csrf_log", RateLimitedLog(log, interval=60.0))
+    once_a_minute.warning("secure_cookie_over_http", "%s %s refused: %s", request.method, request.path, reason)
+    return reason
 
 
 def admitted(busy_page: Callable[[], Response]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
