@@ -200,6 +200,16 @@ def csrf_from(html: str) -> str:
     return match.group(1)
 
 
+_TOTP_SECRET_RE = re.compile(r'<code id="totp-secret">((?:[A-Z2-7]{4} )*[A-Z2-7]{1,4})</code>')
+
+
+def secret_on_page(html: str) -> str:
+    """The TOTP secret the enrollment page shows (in groups of four), as an authenticator app would read it."""
+    match = _TOTP_SECRET_RE.search(html)
+    assert match, "no secret on the enrollment page"
+    return match.group(1).replace(" ", "")
+
+
 def login(http: requests.Session, portal_url: str, user: str, password: str | None = None,
           rd: str | None = None, remember: bool = False) -> requests.Response:
     """Fill the login form like a browser: GET the page, POST the form with its CSRF token."""

@@ -1,13 +1,13 @@
 """Second factor through the portal: enrollment (QR + secret, fresh password), code page, two_factor rules."""
 from __future__ import annotations
 
-import re
 from urllib.parse import quote
 
 import pyotp
 import pytest
 
 from tests.clock import Clock
+from tests.portal import secret_on_page
 from tests.test_login import PORTAL, csrf, post_login, verify
 
 ADMIN_URL = "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot"
@@ -22,12 +22,6 @@ def portal_setup(portal_setup_both_storages):
 
 def get(client, path):
     return client.get(path, base_url=PORTAL)
-
-
-def secret_on_page(html: str) -> str:
-    match = re.search(r'<code id="totp-secret">((?:[A-Z2-7]{4} )*[A-Z2-7]{1,4})</code>', html)
-    assert match, "no secret on the enrollment page"
-    return match.group(1).replace(" ", "")
 
 
 def enroll(client, app, rd: str | None = None) -> str:

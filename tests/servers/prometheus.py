@@ -53,9 +53,22 @@ class _PrometheusFamily(ServerProcess):
 
 
 class Prometheus(_PrometheusFamily):
-    """Prometheus scraping itself every second (so `up` appears quickly), TSDB in the temp dir."""
+    """Prometheus scraping itself every second (so `up` appears quickly), TSDB in the temp dir.
+
+    `admin_api=True` adds `--web.enable-admin-api`: `POST .../api/v1/admin/tsdb/snapshot` then really writes
+    a snapshot (see `snapshots()`) instead of answering that the admin APIs are disabled.
+    """
 
     binary_name = "prometheus"
+
+    def __init__(self, external_url: str, route_prefix: str | None = None, admin_api: bool = False) -> None:
+        super().__init__(external_url, route_prefix)
+        self.admin_api = admin_api
+
+    def snapshots(self) -> list[str]:
+        """Names of the TSDB snapshots taken so far (the admin API writes them under data/snapshots/)."""
+        folder = self.dir / "data" / "snapshots"
+        return sorted(entry.name for entry in folder.iterdir()) if folder.exists() else []
 
     def config(self) -> str:
         return (
@@ -66,7 +79,8 @@ class Prometheus(_PrometheusFamily):
         )
 
     def command(self) -> list[str]:
-        return [self.binary, *self.web_flags(), f"--storage.tsdb.path={self.dir / 'data'}"]
+        admin = ["--web.enable-admin-api"] if self.admin_api else []
+        return [self.binary, *self.web_flags(), f"--storage.tsdb.path={self.dir / 'data'}", *admin]
 
 
 class Alertmanager(_PrometheusFamily):
