@@ -20,13 +20,14 @@ from .authentication import BackendUnavailable, UserProvider
 from .authentication.users_file import UsersFileProvider, open_users_file
 from .authorization import AccessRules
 from .config import Config
+from .credentials import CredentialChecks
 from .health import Readiness
 from .machine_auth import CredentialCache, MachineAuthenticator
 from .metrics import Metrics
 from .passwords import PasswordHasher
 from .proxies import TrustedProxies
 from .refresh import DetailsRefresher
-from .regulation import FirstFactorTimer, Regulator
+from .regulation import Regulator
 from .secretbox import SecretBox
 from .sessions import SessionStore, open_session_store
 from .storage import Storage
@@ -56,7 +57,8 @@ class Portal:
     refresher: DetailsRefresher
     #: Admits password checks while at least 2 request threads stay free for verifies.
     login_gate: threading.BoundedSemaphore
-    first_factor_timer: FirstFactorTimer
+    #: The one path for every password and token check (bans, timing, metrics, audit).
+    checks: CredentialChecks
     readiness: Readiness
     closers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -124,14 +126,17 @@ def build_portal(config: Config) -> Portal:
     else:
         assert config.authentication.ldap is not None
         refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)
+    regulator = build_regulator(config)
+    login_gate = threading.BoundedSemaphore(config.server.threads - 2)
     portal = Portal(
         config=config, provider=provider, storage=storage, sessions=sessions,
         rules=AccessRules(config.access_control),
-        regulator=build_regulator(config),
+        regulator=regulator,
         totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
         credentials=credentials, token_credentials=token_credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
-        refresher=refresher, login_gate=threading.BoundedSemaphore(config.server.threads - 2),
-        first_factor_timer=FirstFactorTimer(config.regulation.minimum_delay),
+        refresher=refresher, login_gate=login_gate,
+        checks=CredentialChecks(provider, regulator, metrics, login_gate, config.authentication.backend,
+                                config.regulation.minimum_delay),
         readiness=build_readiness(config, provider, storage, sessions, metrics),
     )
     portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
@@ -148,9 +153,7 @@ class PortalApp:
         self.prefix = urlsplit(portal.config.portal_url).path.rstrip("/")
         self.verifier = Verifier(
             portal.config, portal.sessions, portal.rules,
-            MachineAuthenticator(portal.provider, portal.tokens, portal.credentials, portal.token_credentials,
-                                 portal.regulator, portal.metrics,
-                                 portal.config.authentication.backend, portal.login_gate),
+            MachineAuthenticator(portal.checks, portal.tokens, portal.credentials, portal.token_credentials),
             portal.metrics, portal.refresher, portal.proxies,
         )
 

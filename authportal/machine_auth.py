@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
 import secrets
 import threading
 import time
@@ -19,15 +18,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .audit import audit
-from .authentication import BackendUnavailable, UserProvider
+from .credentials import CredentialChecks
 from .identity import ONE_FACTOR, Identity
-from .metrics import Metrics
-from .regulation import RegulationUnavailable, Regulator
-from .storage import StorageUnavailable
 from .tokens import PREFIX
-
-log = logging.getLogger("authportal.machine_auth")
 
 
 class CredentialCache:
@@ -110,30 +103,20 @@ def parse_bearer(header: str) -> str | None:
     return value if scheme.lower() == "bearer" and value and len(value) <= 256 else None
 
 
-class Busy(Exception):
-    """Every password-check slot is taken (a login burst): refuse now rather than hold a request thread."""
-
-
 class MachineAuthenticator:
     """Turns an Authorization header into an Identity (or None), cheaply for repeat callers.
 
-    Checks that reach the backend (a cache miss) are regulated like the login form: a banned user or
-    client IP is refused without a check, and each failure counts towards a ban, is counted in
-    `authportal_logins_total` and audited. A cached success is not re-checked for bans until it lapses
-    (`credentials_cache_ttl`).
+    A cache miss goes through the one credential-check path (`CredentialChecks`): a banned user or client
+    IP is refused without a check, each failure counts towards a ban, is counted and audited, and a Basic
+    refusal takes as long as a success. A cached success is not re-checked for bans until it lapses
+    (`credentials_cache_ttl`). Raises `Busy` when every check slot is taken.
     """
 
-    def __init__(self, provider: UserProvider, tokens: Any, cache: CredentialCache, token_cache: CredentialCache,
-                 regulator: Regulator, metrics: Metrics, backend: str, gate: threading.BoundedSemaphore):
-        """`backend`: authentication.backend (file or ldap), for metrics."""
-        self.provider = provider
-        self.backend = backend
+    def __init__(self, checks: CredentialChecks, tokens: Any, cache: CredentialCache, token_cache: CredentialCache):
+        self.checks = checks
         self.tokens = tokens
         self.cache = cache
         self.token_cache = token_cache
-        self.regulator = regulator
-        self.metrics = metrics
-        self.gate = gate  # shared with the login form: checks never take the threads verifies need
 
     def ours(self, header: str) -> bool:
         """Whether an Authorization value is a credential for the portal: Basic, or one of its `ap_` tokens.
@@ -162,50 +145,20 @@ class MachineAuthenticator:
         if credentials is None:
             return None
         user, password = credentials
-        return self._regulated(user, client_ip, lambda: self._check_password(user, password))
+        details = self.checks.password(self.checks.basic, user, password, client_ip).found
+        return Identity.from_details(details, ONE_FACTOR) if details else None
 
     def _bearer(self, header: str, client_ip: str) -> Identity | None:
         token = parse_bearer(header)
         if token is None:
             return None
-        return self._regulated(None, client_ip, lambda: self._check_token(token))
-
-    def _regulated(self, user: str | None, client_ip: str, check: Callable[[], Identity | None]) -> Identity | None:
-        """Run `check` unless banned; count and audit its failure. `user` None: a token (the IP alone counts)."""
-        via = "basic" if user is not None else "token"
-        if not self.gate.acquire(blocking=False):
-            raise Busy()
-        try:
-            if self.regulator.is_banned(user, client_ip):
-                result, identity = "banned", None
-            else:
-                identity = check()
-                result = "success" if identity else "bad_credentials"
-                if identity is None:
-                    for kind in self.regulator.record_failure(user, client_ip):
-                        self.metrics.bans.labels(kind).inc()
-        except (BackendUnavailable, RegulationUnavailable, StorageUnavailable) as exc:
-            log.warning("%s check failed, denying: %s", via, exc)
-            self.metrics.logins.labels("backend_error").inc()
-            self.metrics.backend_failed(exc, self.backend)
-            audit("login_failure", user=user, ip=client_ip, reason="backend unavailable", via=via)
-            return None
-        finally:
-            self.gate.release()
-        if identity is None:  # successes are not logins: a scraper re-checks each time its cache entry lapses
-            self.metrics.logins.labels(result).inc()
-            audit("login_failure", user=user, ip=client_ip, reason=result, via=via)
-        return identity
-
-    def _check_password(self, user: str, password: str) -> Identity | None:
-        details = self.provider.check_password(user, password)
-        return Identity.from_details(details, ONE_FACTOR) if details else None
+        return self.checks.token(client_ip, lambda: self._check_token(token)).found
 
     def _check_token(self, token: str) -> Identity | None:
         info = self.tokens.authenticate(token)
         if info is None:
             return None
-        details = self.provider.get_details(info.username)
+        details = self.checks.provider.get_details(info.username)
         if details is None:
             return None
         groups = details.groups

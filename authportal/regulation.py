@@ -8,9 +8,6 @@ one-slot window of `ban_time` that is consumed when imposed.
 from __future__ import annotations
 
 import logging
-import random
-import threading
-import time
 
 from limits import RateLimitItemPerSecond
 from limits.storage import storage_from_string
@@ -76,24 +73,3 @@ class Regulator:
             self._limiter.clear(self._user_failures, user_key(username))
         except Exception as exc:
             raise RegulationUnavailable(str(exc)) from exc
-
-
-class FirstFactorTimer:
-    """Makes every password check take about as long as a successful one (plus jitter), like Authelia.
-
-    The target is the larger of `minimum_delay` and the running average of real checks.
-    """
-
-    def __init__(self, minimum: float):
-        self.minimum = minimum
-        self._average = minimum
-        self._lock = threading.Lock()
-
-    def pad(self, started: float, measured: float | None) -> None:
-        if measured is not None:
-            with self._lock:
-                self._average = 0.9 * self._average + 0.1 * measured
-        target = max(self.minimum, self._average) + random.uniform(0, 0.05)
-        remaining = target - (time.perf_counter() - started)
-        if remaining > 0:
-            time.sleep(remaining)

@@ -18,9 +18,10 @@ from urllib.parse import quote
 from .audit import audit
 from .authorization import AccessRules, normalise_path
 from .config import Config
+from .credentials import Busy
 from .identity import TWO_FACTOR, Identity
 from .logs import RateLimitedLog
-from .machine_auth import Busy, MachineAuthenticator
+from .machine_auth import MachineAuthenticator
 from .metrics import Metrics
 from .proxies import TrustedProxies
 from .sessions import SessionStore, SessionStoreUnavailable

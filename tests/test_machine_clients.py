@@ -261,7 +261,7 @@ def test_wrong_guesses_ban_the_user_like_the_login_form(stack, upstream):
     # ... and audited as the form's are, saying which way the credentials came.
     audited = [json.loads(line) for line in (stack.portal.setup.directory / "audit.log").read_text().splitlines()]
     erin = [(e["reason"], e.get("via")) for e in audited if e["event"] == "login_failure" and e.get("user") == "erin"]
-    assert erin == [("bad_credentials", "basic")] * MAX_RETRIES + [("banned", "basic"), ("banned", None)]
+    assert erin == [("bad_credentials", "basic")] * MAX_RETRIES + [("banned", "basic"), ("banned", "form")]
 
 
 # -- curl.md, run as written ---------------------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""Every place that takes a password goes through one path: it bans, evens out its time and audits.
+
+The entry points: the login form, HTTP Basic on the verify path, and the password asked again before a
+second factor is set up. A new entry point must join `CredentialChecks`; the source test below fails when
+code calls a provider's `check_password` anywhere else.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ProxiedClient
+from tests.portal import USERS
+from tests.servers.slapd import SlapdServer
+from tests.test_login import PORTAL, PROM, csrf, post_login, verify
+
+PACKAGE = Path(__file__).resolve().parents[1] / "authportal"
+MAX_RETRIES = 3
+MINIMUM_DELAY = 0.3
+
+
+def test_no_code_checks_a_password_outside_the_one_path():
+    callers = [f"{path.relative_to(PACKAGE)}:{number}"
+               for path in PACKAGE.rglob("*.py")
+               for number, line in enumerate(path.read_text().splitlines(), 1)
+               if re.search(r"\.check_password\(", line) and path.name != "credentials.py"]
+    assert callers == [], "call CredentialChecks.password instead of the provider: bans, timing, audit"
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _by_form(client, user: str, password: str):
+    return post_login(client, user, password)
+
+
+def _by_basic(client, user: str, password: str):
+    return verify(client, PROM, Authorization=_basic(user, password))
+
+
+def _by_reauthentication(client, user: str, password: str):
+    """alice, signed in, sets up a second factor: the page asks for her password again (window: 0 s)."""
+    return client.post("/2fa/setup", base_url=PORTAL, data={"password": password, "csrf_token": csrf(client)})
+
+
+ENTRY_POINTS: dict[str, Callable] = {"form": _by_form, "basic": _by_basic, "reauthentication": _by_reauthentication}
+
+
+@pytest.fixture
+def regulated_app(app_with):
+    return app_with(regulation={"max_retries": MAX_RETRIES, "minimum_delay": MINIMUM_DELAY},
+                    totp={"reauthentication": "0s"}, authentication={"credentials_cache_ttl": "0s"})
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_entry_point_bans_pads_and_audits(regulated_app, entry, caplog):
+    client = ProxiedClient(regulated_app)
+    if entry == "reauthentication":
+        assert post_login(client, "alice").status_code == 302
+    caplog.set_level(logging.INFO, logger="authportal.audit")
+    timer = getattr(regulated_app.portal.checks, entry).timer
+    for attempt in range(MAX_RETRIES):
+        floor = timer.target  # a refusal takes at least this long (a lower bound holds on a busy machine)
+        started = time.perf_counter()
+        refused = ENTRY_POINTS[entry](client, "alice", f"guess-{attempt}")
+        assert refused.status_code == 401
+        assert time.perf_counter() - started >= floor
+    # the guesses through this entry point banned alice everywhere: the right password no longer opens the form
+    assert post_login(ProxiedClient(regulated_app), "alice").status_code == 401
+    audited = [(r.audit["event"], r.audit["reason"], r.audit["via"]) for r in caplog.records
+               if r.name == "authportal.audit" and r.audit.get("user") == "alice"
+               and r.audit["event"].endswith("_failure")]
+    event = "reauthentication_failure" if entry == "reauthentication" else "login_failure"
+    assert audited[:MAX_RETRIES] == [(event, "bad_credentials", entry)] * MAX_RETRIES
+    assert audited[MAX_RETRIES] == ("login_failure", "banned", "form")
+
+
+def test_the_form_pads_every_refusal_to_the_minimum_delay(regulated_app):
+    assert regulated_app.portal.checks.form.timer.target >= MINIMUM_DELAY
+
+
+@pytest.mark.parametrize("backend", ["file", "ldap"])
+def test_basic_refuses_an_unknown_user_as_slowly_as_a_known_one(app_with, backend, request):
+    """Without padding, an unknown name failed faster (no bind; slapd: about 7 ms against 13 ms)."""
+    if backend == "ldap":
+        slapd = request.getfixturevalue("slapd")
+        user, password = "bob", SlapdServer.PASSWORDS["bob"]
+        app = app_with(authentication={"backend": "ldap", "credentials_cache_ttl": "0s",
+                                       "ldap": slapd.ldap_settings()})
+    else:
+        user, password = "bob", USERS["bob"]["password"]
+        app = app_with(authentication={"credentials_cache_ttl": "0s"})
+    client = ProxiedClient(app, use_cookies=False)
+    timer = app.portal.checks.basic.timer
+    for _ in range(5):  # successes teach the timer how long a real check takes
+        assert verify(client, PROM, Authorization=_basic(user, password)).status_code == 200
+    assert timer.target > 0
+    for name in ("nobody-at-all", user):
+        floor = timer.target
+        started = time.perf_counter()
+        assert verify(client, PROM, Authorization=_basic(name, "wrong")).status_code == 401
+        assert time.perf_counter() - started >= floor, name
+    assert timer.target <= 0.25  # a Basic refusal holds a check slot briefly, never the login form's delay
