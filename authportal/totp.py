@@ -82,7 +82,8 @@ class TotpService:
     @staticmethod
     def qr_svg(uri: str) -> str:
         """The URI as an inline SVG QR code (rendered here: the secret never goes to a QR service)."""
-        return segno.make(uri, error="m").svg_inline(scale=5, light="#fff", title="TOTP QR code")
+        # omitsize: a viewBox instead of a fixed size, so the page's CSS scales the whole symbol (it clipped)
+        return segno.make(uri, error="m").svg_inline(scale=5, light="#fff", title="TOTP QR code", omitsize=True)
 
     def _uri(self, username: str, secret: str, device: TotpDevice) -> str:
         issuer = self.config.issuer

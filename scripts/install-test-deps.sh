@@ -11,11 +11,26 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -ne 0 ]; then
-  echo "missing Debian packages (run as root to install): ${missing[*]}" >&2
-  exit 1
+command -v npm >/dev/null || missing+=(nodejs npm)  # npm: axe-core below (a NodeSource nodejs brings its own)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages (run as root to install): ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# axe-core, the accessibility audit run in Chromium by tests/test_pages.py (tests/accessibility.py):
+# one pinned tarball from the npm registry, unpacked once under test-artifacts/cache/ (no node_modules needed).
+AXE_VERSION=4.14.1
+axe_dir="$(cd "$(dirname "$0")/.." && pwd)/test-artifacts/cache/axe-core-$AXE_VERSION"
+if [ ! -s "$axe_dir/axe.min.js" ]; then
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && npm pack --silent "axe-core@$AXE_VERSION" >/dev/null)
+  tar -xzf "$work/axe-core-$AXE_VERSION.tgz" -C "$work" package/axe.min.js package/LICENSE
+  mkdir -p "$axe_dir"
+  mv "$work/package/axe.min.js" "$work/package/LICENSE" "$axe_dir/"
+fi

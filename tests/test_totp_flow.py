@@ -66,7 +66,7 @@ def test_next_login_asks_for_the_code_and_refuses_a_reused_one(app, client):
     code = pyotp.TOTP(secret).at(clock.now)
     wrong = client.post("/2fa", base_url=PORTAL, data={"csrf_token": csrf(client, "/2fa"), "code": "000000"
                                                        if code != "000000" else "111111"})
-    assert wrong.status_code == 401 and "Incorrect or already used code." in wrong.get_data(as_text=True)
+    assert wrong.status_code == 401 and "Wait for the next code in your app" in wrong.get_data(as_text=True)
     ok = client.post("/2fa", base_url=PORTAL, data={"csrf_token": csrf(client, "/2fa"), "code": code,
                                                     "rd": ADMIN_URL})
     assert ok.status_code == 302 and ok.headers["Location"] == ADMIN_URL

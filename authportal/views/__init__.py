@@ -159,11 +159,12 @@ def _security_headers(response: Response) -> Response:
 
 
 def register_views(app: Flask) -> None:
-    from . import account, errors, login, ops
+    from . import account, errors, login, notices, ops
 
     app.register_blueprint(login.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(ops.bp)
     errors.register(app)
+    notices.init_app(app)
     app.after_request(_security_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token

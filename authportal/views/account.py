@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, make_response, redirect, render_template, request, url_for
 from markupsafe import Markup
@@ -13,7 +14,8 @@ from ..config import parse_duration
 from ..identity import TWO_FACTOR
 from ..storage import StorageUnavailable
 from . import admitted, check_csrf, current_portal, current_session, session_id
-from .login import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, target_url
+from .errors import BUSY_HEADING, error_page
+from .login import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, required_level, target_url
 
 bp = Blueprint("account", __name__)
 
@@ -36,18 +38,30 @@ def _save(session: dict[str, Any]) -> None:
     current_portal().sessions.update(sid, session)
 
 
+@bp.context_processor
+def _why_second_factor() -> dict[str, Any]:
+    """For the enrollment pages: the site whose rule sent the user here to add a second factor, if one did.
+
+    Only a target that really needs two factors for this user counts: an `rd` alone proves nothing.
+    """
+    url = target_url()
+    session = current_session() if url else None
+    if url is None or session is None or required_level(url, session) != TWO_FACTOR:
+        return {"second_factor_needed_by": None}
+    return {"second_factor_needed_by": urlsplit(url).hostname}
+
+
 @bp.route("/2fa/setup", methods=["GET", "POST"])
-@admitted(lambda: make_response(render_template("error.html", title="Busy", message=BUSY)))
+@admitted(lambda: error_page(503, BUSY, heading=BUSY_HEADING))
 def totp_setup() -> Response:
     session = _require_session()
     portal = current_portal()
     rd = form_rd()
     enrolled = portal.totp.has_totp(session["user"])
     if not portal.config.totp.allow_enrollment:
-        return make_response(render_template(
-            "error.html", title="Two-factor authentication required",
-            message="This resource needs a second factor and self-enrollment is off. Ask an administrator "
-                    "to enroll you (`authportal totp generate`)."), 403)
+        return error_page(403, "This resource needs a second factor and self-enrollment is off. Ask an "
+                               "administrator to enroll you (`authportal totp generate`).",
+                          heading="Two-factor authentication required")
     if enrolled and session["level"] < TWO_FACTOR:
         # Replacing a device needs the current one: a stolen password alone cannot swap it.
         return redirect(url_for("login.second_factor", rd=rd or None))

@@ -1,4 +1,4 @@
-"""Login (password, then TOTP when needed), logout and the portal's home page."""
+"""Login (password, then TOTP when needed), logout and the page at / (sign-in, or the account page)."""
 from __future__ import annotations
 
 import time
@@ -21,14 +21,17 @@ from . import (
     clear_session_cookie,
     current_portal,
     current_session,
+    notices,
     session_id,
     set_session_cookie,
 )
+from .account_page import account_page
+from .errors import error_page
 
 bp = Blueprint("login", __name__)
 
 BAD_CREDENTIALS = "Incorrect username or password."
-BAD_CODE = "Incorrect or already used code."
+BAD_CODE = "That code was already used or is wrong. Wait for the next code in your app and enter it."
 UNAVAILABLE = "The login service is unavailable right now. Please try again in a moment."
 BUSY = "Many people are signing in right now. Please try again in a second."
 
@@ -77,7 +80,7 @@ def _login_page(error: str | None = None, status: int = 200, username: str = "")
     portal = current_portal()
     url = target_url()
     page = render_template(
-        "login.html", error=error, username=username, rd=form_rd(),
+        "login.html", error=error, notice=None if error else notices.take(), username=username, rd=form_rd(),
         site=urlsplit(url).hostname if url else None,
         remember_me=portal.config.session.remember_me > 0,
     )
@@ -92,13 +95,9 @@ def index() -> Response:
         if g.get("store_down"):
             return _login_page(UNAVAILABLE, 503)
         return _login_page()
-    if url is not None:  # without a target one factor is enough: the home page
+    if url is not None:  # without a target one factor is enough: the account page
         return next_step(session, url)
-    portal = current_portal()
-    return make_response(render_template(
-        "home.html", session=session, has_totp=portal.totp.has_totp(session["user"]),
-        allow_enrollment=portal.config.totp.allow_enrollment,
-    ))
+    return account_page(session)
 
 
 @bp.post("/login")
@@ -202,7 +201,7 @@ def promote_session(session: dict[str, Any], url: str | None) -> Response:
             portal.sessions.end(old)
         sid = portal.sessions.create(data, session["remember"])
     except SessionStoreUnavailable:
-        return make_response(render_template("error.html", title="Unavailable", message=UNAVAILABLE), 503)
+        return error_page(503, UNAVAILABLE)
     response = redirect(url or url_for("login.index"))
     set_session_cookie(response, sid, session["remember"])
     return response
@@ -224,9 +223,10 @@ def logout() -> Response:
         try:
             portal.sessions.end(sid)
         except SessionStoreUnavailable:
-            return make_response(render_template("error.html", title="Unavailable", message=UNAVAILABLE), 503)
+            return error_page(503, UNAVAILABLE)
     if session:
         audit("logout", user=session["user"], ip=portal.proxies.client_ip(request.environ))
     response = redirect(target_url() or url_for("login.index"))
     clear_session_cookie(response)
+    notices.leave(response, "signed_out")  # shown by the sign-in page, here or after the app sends the user back
     return response

@@ -1,0 +1,63 @@
+"""The account page (`/` when signed in): who you are and what you own, one section each.
+
+A section is a template (`templates/account_*.html`) plus the facts it shows,
+gathered by one function here. A later account feature (security keys, sessions,
+password change) joins by adding its `Section` to `SECTIONS`; the page itself
+does not change. A section whose facts cannot be read right now (storage down)
+says so instead of failing the whole page.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response, make_response, render_template
+
+from ..app import Portal
+from ..storage import StorageUnavailable
+from . import current_portal
+
+Facts = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Section:
+    template: str
+    facts: Callable[[Portal, dict[str, Any]], Facts]
+
+
+def _identity(portal: Portal, session: dict[str, Any]) -> Facts:
+    return {"user": session["user"], "name": session.get("name"), "email": session.get("email"),
+            "groups": session.get("groups") or []}
+
+
+def _second_factors(portal: Portal, session: dict[str, Any]) -> Facts:
+    try:
+        has_totp: bool | None = portal.totp.has_totp(session["user"])
+    except StorageUnavailable:
+        has_totp = None
+    return {"has_totp": has_totp, "allow_enrollment": portal.config.totp.allow_enrollment}
+
+
+def _api_tokens(portal: Portal, session: dict[str, Any]) -> Facts:
+    try:
+        now = time.time()
+        active: int | None = sum(1 for t in portal.tokens.list(session["user"]) if t.state(now) == "active")
+    except StorageUnavailable:
+        active = None
+    return {"active": active}
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("account_identity.html", _identity),
+    Section("account_second_factors.html", _second_factors),
+    Section("account_api_tokens.html", _api_tokens),
+)
+
+
+def account_page(session: dict[str, Any]) -> Response:
+    portal = current_portal()
+    sections = [(section.template, section.facts(portal, session)) for section in SECTIONS]
+    return make_response(render_template("account.html", session=session, sections=sections))

@@ -1,0 +1,50 @@
+"""One-time notices carried across a redirect ("You have been signed out"), in a short-lived cookie.
+
+After sign-out there is no session to hold a flash message, and a flag in the URL
+would outlive the moment: it stays in the history, in bookmarks and in links people
+share, and anyone could send a link that claims the reader was signed out. The cookie
+holds only a key from `MESSAGES` (never text from the request), lives on the portal's
+own host for two minutes (long enough for a redirect through the application and
+back to the sign-in page), and is cleared by the page that shows it. It works
+without JavaScript.
+"""
+from __future__ import annotations
+
+from flask import Flask, Response, g, request
+
+from . import current_portal
+
+MESSAGES = {"signed_out": "You have been signed out."}
+LIFETIME = 120  # seconds
+
+
+def _cookie_name() -> str:
+    # __Host-: host-only, Secure, path / (a sibling subdomain cannot plant one)
+    return "__Host-authportal_notice" if current_portal().config.session.cookie_secure else "authportal_notice"
+
+
+def leave(response: Response, key: str) -> None:
+    """Have the next page that shows notices say `MESSAGES[key]`."""
+    assert key in MESSAGES
+    response.set_cookie(_cookie_name(), key, max_age=LIFETIME, path="/", httponly=True, samesite="Lax",
+                        secure=current_portal().config.session.cookie_secure)
+
+
+def take() -> str | None:
+    """The notice waiting for this browser, if any; it is cleared with this response."""
+    key = request.cookies.get(_cookie_name())
+    if key is None:
+        return None
+    g.notice_taken = True
+    return MESSAGES.get(key)
+
+
+def _clear_taken(response: Response) -> Response:
+    if g.get("notice_taken"):
+        response.delete_cookie(_cookie_name(), path="/", httponly=True, samesite="Lax",
+                               secure=current_portal().config.session.cookie_secure)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.after_request(_clear_taken)
