@@ -15,9 +15,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .storage import Storage, StorageUnavailable, encryption_check
+from .storage import Storage, StorageConflict, encryption_check
 
 _INFO = b"authportal secret encryption v1"
 _NONCE_SIZE = 12
@@ -63,13 +62,11 @@ class SecretBox:
         blob = _read_canary(storage)
         if blob is None:
             try:
-                with storage.engine.begin() as conn:
+                with storage.begin() as conn:
                     conn.execute(encryption_check.insert().values(id=1, canary=self.seal(_CANARY, _CANARY_ASSOCIATED)))
                 return
-            except IntegrityError:  # another instance sealed one at the same moment: check against it
+            except StorageConflict:  # another instance sealed one at the same moment: check against it
                 blob = _read_canary(storage)
-            except SQLAlchemyError as exc:
-                raise StorageUnavailable(str(exc).splitlines()[0]) from exc
         try:
             ok = self.open(blob, _CANARY_ASSOCIATED) == _CANARY
         except DecryptionError:

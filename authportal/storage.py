@@ -1,25 +1,40 @@
 """Per-user state in SQLite (default) or PostgreSQL (several instances), via SQLAlchemy Core.
 
 Holds sessions (when Redis is not configured), TOTP secrets and used codes, and
-API tokens. The schema is versioned in `schema_version`; `migrate()` brings an
-older database up to date at startup.
+API tokens. `metadata` is the schema the code expects; the revisions in
+`migrations/` build it, and `migrate()` applies the pending ones at startup
+(one instance at a time). Every statement runs through `connect()` / `begin()`,
+which turn database errors into `StorageUnavailable` (callers fail closed) or,
+for a refused duplicate, `StorageConflict`.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from . import migrations
 from .config import StorageConfig
+from .migrations import SchemaRefused, SchemaState
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("authportal.storage")
+
+#: PostgreSQL advisory lock held while one instance migrates ("authport" in ASCII); per database.
+MIGRATION_LOCK = 0x61757468706F7274
+#: SQLite: how long an instance waits for another one's migration (the write lock) before giving up.
+MIGRATION_WAIT_SECONDS = 120
 
 metadata = sa.MetaData()
 
+#: For releases before revisions, which refuse a database above 1 (see migrations/__init__.py); the code ignores it.
 schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
 
 sessions = sa.Table(
@@ -69,6 +84,14 @@ class StorageUnavailable(Exception):
     """The database cannot answer; callers deny."""
 
 
+class StorageConflict(StorageUnavailable):
+    """A unique key refused the write (a replay, or two instances at once).
+
+    A StorageUnavailable, so callers that do not expect one still fail closed;
+    callers that race on purpose (single-use TOTP codes, the canary) catch it first.
+    """
+
+
 def engine_url(config: StorageConfig) -> sa.URL:
     if config.sqlite is not None:
         return sa.URL.create("sqlite+pysqlite", database=str(config.sqlite.path))
@@ -95,27 +118,58 @@ class Storage:
                 connect_args={"connect_timeout": 3},
             )
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema (idempotent; safe with several instances starting at once)."""
+    def migrate(self) -> tuple[SchemaState, SchemaState]:
+        """Apply the pending schema revisions; (before, after). Refuses a schema newer than this code.
+
+        Several instances starting at once: one migrates, the others wait for the
+        lock and then find nothing left to do.
+        """
         try:
-            with self.engine.begin() as conn:
-                metadata.create_all(conn)
-                found = conn.execute(sa.select(schema_version.c.version)).scalar()
-                if found is None:
-                    conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
-                elif found > SCHEMA_VERSION:
-                    raise StorageUnavailable(
-                        f"the database schema is version {found}, newer than this authportal ({SCHEMA_VERSION})"
-                    )
-        except SQLAlchemyError as exc:
-            raise StorageUnavailable(f"cannot prepare the database: {exc.__class__.__name__}: {exc}") from exc
+            with self._schema_lock() as conn:
+                return migrations.upgrade(conn)
+        except (SchemaRefused, CommandError) as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        except StorageUnavailable as exc:
+            raise StorageUnavailable(f"cannot migrate the database: {exc}") from exc
+
+    def schema_state(self) -> SchemaState:
+        """Where the database stands against this code's revisions (reads only)."""
+        try:
+            with self.connect() as conn:
+                return migrations.read_state(conn)
+        except SchemaRefused as exc:
+            raise StorageUnavailable(str(exc)) from exc
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[Connection]:
+        """A transaction holding the database's migration lock, for DDL and data together."""
+        if self.engine.dialect.name == "postgresql":
+            with self.begin() as conn:
+                if not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(MIGRATION_LOCK))).scalar():
+                    log.info("storage: another instance is migrating the database; waiting for it")
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+                yield conn  # the lock ends with the transaction, also when the process dies
+            return
+        # SQLite: pysqlite would begin only at the first INSERT and commit before DDL. Driver autocommit plus our
+        # own BEGIN IMMEDIATE takes the write lock first and keeps the whole migration in one transaction.
+        engine = sa.create_engine(self.engine.url, poolclass=sa.pool.NullPool,
+                                  connect_args={"isolation_level": None, "timeout": MIGRATION_WAIT_SECONDS})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", _wait_for_migrations)
+        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        try:
+            with _Guard(engine.begin) as conn:
+                yield conn
+        finally:
+            engine.dispose()
 
     def health(self) -> str | None:
         try:
-            with self.engine.connect() as conn:
+            with self.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            return f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+        except StorageUnavailable as exc:
+            cause = exc.__cause__ or exc
+            return f"{cause.__class__.__name__}: {exc}"
         return None
 
     def close(self) -> None:
@@ -173,16 +227,21 @@ class _Guard:
             self._ctx = self._opener()
             return self._ctx.__enter__()
         except SQLAlchemyError as exc:
-            raise StorageUnavailable(str(exc).splitlines()[0]) from exc
+            raise _translated(exc) from exc
 
     def __exit__(self, *exc_info: Any) -> bool:
         try:
             self._ctx.__exit__(*exc_info)
         except SQLAlchemyError as exc:
-            raise StorageUnavailable(str(exc).splitlines()[0]) from exc
+            raise _translated(exc) from exc
         if exc_info[0] is not None and issubclass(exc_info[0], SQLAlchemyError):
-            raise StorageUnavailable(str(exc_info[1]).splitlines()[0]) from exc_info[1]
+            raise _translated(exc_info[1]) from exc_info[1]
         return False
+
+
+def _translated(exc: SQLAlchemyError) -> StorageUnavailable:
+    kind = StorageConflict if isinstance(exc, IntegrityError) else StorageUnavailable
+    return kind(str(exc).splitlines()[0])
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -194,6 +253,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # SQLite is built with this on, others default to off.
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def _wait_for_migrations(dbapi_conn: Any, _record: Any) -> None:
+    """After `_sqlite_pragmas`: wait as long for another instance's migration as `MIGRATION_WAIT_SECONDS`."""
+    dbapi_conn.execute(f"PRAGMA busy_timeout={MIGRATION_WAIT_SECONDS * 1000}")
 
 #: One sealed canary, so a changed secret_key is caught at startup rather than at someone's login.
 encryption_check = sa.Table(

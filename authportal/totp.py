@@ -23,11 +23,10 @@ from urllib.parse import quote, urlencode
 import pyotp
 import segno
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .config import TotpConfig
 from .secretbox import DecryptionError, SecretBox
-from .storage import Storage, StorageUnavailable, totp_configurations, totp_history
+from .storage import Storage, StorageConflict, totp_configurations, totp_history
 
 DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 #: Seed size per algorithm: the HMAC's output size, as RFC 6238's reference seeds use.
@@ -192,13 +191,11 @@ class TotpService:
     def _write(self, statements: list[Any]) -> bool:
         """Run `statements` in one transaction; False when a primary key refuses it (a replay or a race)."""
         try:
-            with self.storage.engine.begin() as conn:
+            with self.storage.begin() as conn:
                 for statement in statements:
                     conn.execute(statement)
-        except IntegrityError:
+        except StorageConflict:
             return False
-        except SQLAlchemyError as exc:
-            raise StorageUnavailable(str(exc).splitlines()[0]) from exc
         return True
 
 

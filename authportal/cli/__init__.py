@@ -1,4 +1,4 @@
-"""The `authportal` command: serve, check-config, hash-password, demo, users, totp, tokens."""
+"""The `authportal` command: serve, check-config, hash-password, demo, users, totp, tokens, storage."""
 from __future__ import annotations
 
 import sys
@@ -70,6 +70,7 @@ def demo(directory: str) -> None:
 
 
 def _register_subgroups() -> None:
+    from .storage import storage
     from .tokens import tokens
     from .totp import totp
     from .users import users
@@ -77,6 +78,7 @@ def _register_subgroups() -> None:
     main.add_command(users)
     main.add_command(totp)
     main.add_command(tokens)
+    main.add_command(storage)
 
 
 _register_subgroups()
