@@ -3,12 +3,13 @@
 One portal and one Caddy for the module; the app behind Caddy is the `upstream`
 stub, which records what reached it. The same story as tests/test_haproxy.py:
 login round trip, bob in with his identity, carol out, scripts get 401 or use
-Basic, no forged Remote-User, and a stopped portal means 502, never 200.
+Basic, no forged Remote-User, and a stopped portal means 502, never 200 (on a
+portal and a Caddy of that test's own).
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,10 +29,20 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module")
-def caddy(portal, upstream, listen_port) -> Iterator[Caddy]:
+def example_proxy(upstream) -> Callable[[int, str], Caddy]:
+    """`example_proxy(listen_port, portal_address)`: the example in front of that portal, not started yet."""
     app = f"127.0.0.1:{upstream.port}"
-    with Caddy.from_file(EXAMPLE, BIND="127.0.0.1", PORT=listen_port, PORTAL=f"127.0.0.1:{portal.setup.port}",
-                         PROMETHEUS=app, ALERTMANAGER=app, PUBLIC=app) as server:
+
+    def example(listen_port: int, portal_address: str) -> Caddy:
+        return Caddy.from_file(EXAMPLE, BIND="127.0.0.1", PORT=listen_port, PORTAL=portal_address,
+                               PROMETHEUS=app, ALERTMANAGER=app, PUBLIC=app)
+
+    return example
+
+
+@pytest.fixture(scope="module")
+def caddy(portal, listen_port, example_proxy) -> Iterator[Caddy]:
+    with example_proxy(listen_port, f"127.0.0.1:{portal.setup.port}") as server:
         yield server
 
 

@@ -4,14 +4,16 @@ One portal and one HAProxy for the module; the app behind HAProxy is the
 `upstream` stub, which records what reached it. The story: a browser is sent to
 the login page and back, bob gets in with his identity attached, carol does
 not, scripts get 401 or use Basic, nobody can forge Remote-User, and a portal
-that is down or hanging denies everything quickly.
+that is down or hanging denies everything quickly (each on a portal and an
+HAProxy of that test's own).
 """
 from __future__ import annotations
 
 import shutil
-import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -36,12 +38,18 @@ class ExampleHAProxy(HAProxy):
         super().prepare()
 
 
-def start_example(upstream, listen_port: int, portal_address: str) -> ExampleHAProxy:
+@pytest.fixture(scope="module")
+def example_proxy(upstream) -> Callable[[int, str], ExampleHAProxy]:
+    """`example_proxy(listen_port, portal_address)`: the example in front of that portal, not started yet."""
     app = f"127.0.0.1:{upstream.port}"
-    return ExampleHAProxy.from_file(
-        EXAMPLE / "haproxy.cfg", LISTEN=f"127.0.0.1:{listen_port}", PORTAL=portal_address,
-        RELAY=f"127.0.0.1:{free_port()}", PROMETHEUS=app, ALERTMANAGER=app, PUBLIC=app,
-    ).start()
+
+    def example(listen_port: int, portal_address: str) -> ExampleHAProxy:
+        return ExampleHAProxy.from_file(
+            EXAMPLE / "haproxy.cfg", LISTEN=f"127.0.0.1:{listen_port}", PORTAL=portal_address,
+            RELAY=f"127.0.0.1:{free_port()}", PROMETHEUS=app, ALERTMANAGER=app, PUBLIC=app,
+        )
+
+    return example
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +58,9 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module")
-def haproxy(portal, upstream, listen_port) -> Iterator[ExampleHAProxy]:
-    proxy = start_example(upstream, listen_port, f"127.0.0.1:{portal.setup.port}")
-    try:
+def haproxy(portal, listen_port, example_proxy) -> Iterator[ExampleHAProxy]:
+    with example_proxy(listen_port, f"127.0.0.1:{portal.setup.port}") as proxy:
         yield proxy
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +80,59 @@ def test_unlisted_path_and_unknown_host_are_refused(app, bob, haproxy, upstream)
     assert requests.get(haproxy.url("/prometheus/"), timeout=5).status_code == 404  # Host: 127.0.0.1:port
 
 
-def test_hanging_portal_denies_after_the_relay_timeout(upstream):
-    """A portal that accepts connections but never answers: the relay gives up after 1.5 s; deny."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)  # the kernel completes handshakes; nobody ever reads
-        proxy = start_example(upstream, free_port(), f"127.0.0.1:{silent.getsockname()[1]}")
-        try:
-            started = time.monotonic()
-            answer = requests.get(proxy.url("/prometheus/?hang=1", host="app.example.test"), headers=SCRIPT,
-                                  timeout=10)
-            elapsed = time.monotonic() - started
-        finally:
-            proxy.stop()
+class _HangingPortal(BaseHTTPRequestHandler):
+    """Healthy to the relay's health check, silent to every verify question (until the test ends)."""
+
+    protocol_version = "HTTP/1.1"
+    server: _HangingPortalServer
+
+    def do_GET(self) -> None:
+        if self.path == "/api/health/live":
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.server.released.wait(30)
+            self.close_connection = True
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+class _HangingPortalServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HangingPortal)
+        self.released = threading.Event()
+
+
+@pytest.fixture
+def hanging_portal() -> Iterator[str]:
+    """The address of a portal stuck in every verify (a hung backend call), whose health check still passes."""
+    server = _HangingPortalServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.released.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_hanging_portal_denies_after_the_relay_timeout(upstream, example_proxy, hanging_portal):
+    """A portal that takes the question but never answers: the relay gives up after 1.5 s; deny.
+
+    The relay's health check keeps passing, so every request waits for the relay's `timeout server`
+    (1.5 s): that is the lower bound. On its own, HAProxy's httpclient would wait 8 s; the 5 s upper
+    bound tells the two apart with the margin a loaded machine needs.
+    """
+    with example_proxy(free_port(), hanging_portal) as proxy:
+        started = time.monotonic()
+        answer = requests.get(proxy.url("/prometheus/?hang=1", host="app.example.test"), headers=SCRIPT, timeout=15)
+        elapsed = time.monotonic() - started
     assert answer.status_code == 503
-    assert 1.0 < elapsed < 2.5, elapsed
+    assert 1.4 < elapsed < 5.0, elapsed
     assert reached(upstream, "/prometheus/?hang=1") == []

