@@ -298,7 +298,8 @@ def test_missing_ca_file_is_a_startup_error(slapd, tmp_path):
         ldap_provider(slapd, url=slapd.ldaps_url, tls={"ca_file": str(tmp_path / "missing.pem")})
 
 
-def test_directory_down_then_back(slapd, caplog):
+def test_directory_down_then_back(own_slapd, caplog):
+    slapd = own_slapd  # stopped and started again: not the session's
     p = ldap_provider(slapd, timeout="2s")
     try:
         assert p.check_password("alice", slapd.PASSWORDS["alice"]) is not None  # the pool holds a connection
@@ -311,7 +312,9 @@ def test_directory_down_then_back(slapd, caplog):
             assert p.health() is not None
             with pytest.raises(BackendUnavailable):
                 p.get_details("alice")
-        assert time.monotonic() - started < 2.0  # refused connections answer at once
+        # Refused connections answer at once (milliseconds for all seven calls): 2 s is the margin of a busy
+        # machine, and still fails if even one call waited for the 2 s timeout.
+        assert time.monotonic() - started < 2.0
         outage_lines = [r for r in caplog.records if "unavailable" in r.getMessage()]
         assert len(outage_lines) == 1  # once per outage, not per request
         assert outage_lines[0].levelno == logging.WARNING
@@ -323,22 +326,26 @@ def test_directory_down_then_back(slapd, caplog):
             assert p.check_password("alice", slapd.PASSWORDS["alice"]).groups == ("admins", "monitoring")
         assert "reachable again" in caplog.text
     finally:
-        slapd.start()
         p.close()
 
 
-def test_get_details_raises_while_down(slapd):
-    p = ldap_provider(slapd)
+def test_get_details_raises_while_down(own_slapd):
+    p = ldap_provider(own_slapd)
     try:
-        slapd.stop()
+        own_slapd.stop()
         with pytest.raises(BackendUnavailable):
             p.get_details("alice")
     finally:
-        slapd.start()
         p.close()
 
 
-def test_hanging_directory_is_bounded_by_the_timeout(slapd):
+def test_hanging_directory_is_bounded_by_the_timeout(own_slapd):
+    """A frozen directory (SIGSTOP; this test's own) costs a login or a health check about the 1 s timeout.
+
+    Without the timeout either would wait for as long as the kernel keeps the connection (minutes); 5 s
+    leaves a busy machine room and still fails a bound that is not kept.
+    """
+    slapd = own_slapd
     p = ldap_provider(slapd, timeout="1s")
     assert p.check_password("alice", slapd.PASSWORDS["alice"]) is not None
     pid = slapd.process.pid
@@ -353,7 +360,7 @@ def test_hanging_directory_is_bounded_by_the_timeout(slapd):
                 result = f"raised {exc}"
             elapsed = time.monotonic() - started
             assert result is not None, name
-            assert elapsed < 3.0, (name, elapsed, result)
+            assert elapsed < 5.0, (name, elapsed, result)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert p.check_password("alice", slapd.PASSWORDS["alice"]) is not None
@@ -368,6 +375,7 @@ def test_failover_to_the_second_url(slapd):
         assert p.health() is None
         started = time.monotonic()
         assert p.check_password("bob", slapd.PASSWORDS["bob"]) is not None
+        # Milliseconds: no wait for the dead URL (the timeout is 2 s); 1 s is the margin of a busy machine.
         assert time.monotonic() - started < 1.0
     finally:
         p.close()
@@ -419,17 +427,19 @@ def test_concurrent_logins_share_a_bounded_pool(slapd, monkeypatch):
     assert 1 <= len(service_binds) <= 2  # never more service connections than pool_size
 
 
-def test_get_details_sees_group_changes(provider, slapd):
-    assert provider.get_details("bob").groups == ("monitoring",)
-    slapd.remove_member("monitoring", "bob")
+def test_get_details_sees_group_changes(own_slapd):
+    provider = ldap_provider(own_slapd)  # a directory of this test's own: its entries change
     try:
+        assert provider.get_details("bob").groups == ("monitoring",)
+        own_slapd.remove_member("monitoring", "bob")
         assert provider.get_details("bob").groups == ()
+        own_slapd.add_member("monitoring", "bob")
+        assert provider.get_details("bob").groups == ("monitoring",)
+        assert provider.get_details("nobody") is None
+        assert provider.get_details("*") is None
+        assert provider.get_details("") is None
     finally:
-        slapd.add_member("monitoring", "bob")
-    assert provider.get_details("bob").groups == ("monitoring",)
-    assert provider.get_details("nobody") is None
-    assert provider.get_details("*") is None
-    assert provider.get_details("") is None
+        provider.close()
 
 
 def test_health_reports_a_wrong_base_dn(slapd):
@@ -447,6 +457,8 @@ def test_slapd_login_latency(slapd):
     finally:
         p.close()
     print(f"slapd ldaps login median of 20: {median * 1000:.1f} ms")
+    # About 6 ms here. The median, and 40 times that, keep a busy machine from failing it; a login that waits
+    # for something (a timeout, a retry, a pool slot) still does.
     assert median < 0.25
 
 
@@ -532,31 +544,37 @@ def test_ad_plain_ldap_simple_bind_is_refused_with_a_clear_message(samba_ad):
         p.close()
 
 
-def test_ad_group_removal_is_seen_by_get_details(ad, samba_ad):
-    assert set(ad.get_details("dave").groups) >= {"ops", "prom-admins"}
-    samba_ad.samba_tool("group", "removemembers", "ops", "dave")
+def test_ad_group_removal_is_seen_by_get_details(own_samba_ad):
+    ad = ldap_provider(own_samba_ad)  # a DC of this test's own: its groups change
     try:
+        assert set(ad.get_details("dave").groups) >= {"ops", "prom-admins"}
+        own_samba_ad.samba_tool("group", "removemembers", "ops", "dave")
         groups = ad.get_details("dave").groups
         assert "ops" not in groups and "prom-admins" not in groups
+        own_samba_ad.samba_tool("group", "addmembers", "ops", "dave")
+        assert "prom-admins" in ad.get_details("dave").groups
+        assert ad.get_details("dave@example.test") is None  # refresh is by username only
     finally:
-        samba_ad.samba_tool("group", "addmembers", "ops", "dave")
-    assert "prom-admins" in ad.get_details("dave").groups
-    assert ad.get_details("dave@example.test") is None  # refresh is by username only
+        ad.close()
 
 
-def test_ad_outage_and_recovery(ad, samba_ad):
-    assert ad.check_password("erin", samba_ad.PASSWORDS["erin"]) is not None
-    samba_ad.stop()
+def test_ad_outage_and_recovery(own_samba_ad):
+    samba_ad = own_samba_ad  # stopped and started again: not the session's
+    ad = ldap_provider(samba_ad)
     try:
+        assert ad.check_password("erin", samba_ad.PASSWORDS["erin"]) is not None
+        samba_ad.stop()
         started = time.monotonic()
         with pytest.raises(BackendUnavailable):
             ad.check_password("erin", samba_ad.PASSWORDS["erin"])
         assert ad.health() is not None
+        # Refused at once (milliseconds); 2 s is the margin of a busy machine, well below the 5 s timeout.
         assert time.monotonic() - started < 2.0
-    finally:
         samba_ad.start()
-    assert ad.health() is None
-    assert ad.check_password("erin", samba_ad.PASSWORDS["erin"]).groups == ("monitoring",)
+        assert ad.health() is None
+        assert ad.check_password("erin", samba_ad.PASSWORDS["erin"]).groups == ("monitoring",)
+    finally:
+        ad.close()
 
 
 def test_ad_health(ad):
@@ -566,6 +584,7 @@ def test_ad_health(ad):
 def test_ad_login_latency(ad, samba_ad):
     median = _median_login(ad, "erin", samba_ad.PASSWORDS["erin"])
     print(f"Samba AD ldaps login median of 20: {median * 1000:.1f} ms")
+    # About 30 ms here. The median, and 30 times that, keep a busy machine from failing it.
     assert median < 1.0
 
 

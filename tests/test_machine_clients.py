@@ -157,14 +157,15 @@ def test_prometheus_scrapes_the_protected_alertmanager_with_a_token_until_it_is_
 
         revoke_token(stack, token_id)
         revoked_at = time.monotonic()
-        wait_until(lambda: (prometheus.target("alertmanager") or {}).get("health") == "down", timeout=15,
+        wait_until(lambda: (prometheus.target("alertmanager") or {}).get("health") == "down", timeout=60,
                    what="alertmanager target down after the revocation", process=prometheus.process,
                    log=prometheus.log)
         took = time.monotonic() - revoked_at
         target = prometheus.target("alertmanager")
         assert "401" in target["lastError"], target["lastError"]  # a clear 401, not a redirect or parse error
-        # token cache 1 s + scrape interval 1 s + the scrape in flight: well within a few seconds.
-        assert took < 6, f"revocation took {took:.1f}s to stop the scrapes"
+        # token cache 1 s + scrape interval 1 s + the scrape in flight: about 2 s. 10 s is the margin of a busy
+        # machine, and still fails a token that outlives its revocation in the 60 s credentials cache.
+        assert took < 10, f"revocation took {took:.1f}s to stop the scrapes"
 
     refused = requests.get(app(stack, "/alertmanager/metrics"), headers={"Authorization": f"Bearer {printed.strip()}"},
                            allow_redirects=False, timeout=10)
@@ -201,9 +202,10 @@ def test_basic_and_token_requests_through_nginx(stack, upstream):
     assert unknown.status_code == 401 and "Location" not in unknown.headers
     assert unknown.headers["WWW-Authenticate"] == BEARER_CHALLENGE  # a refused token: not a Basic prompt
     revoke_token(stack, token_id)
-    # Until the portal's token cache (session.cache_ttl, 1 s) lapses the token may still pass; then never.
+    # Until the portal's token cache (session.cache_ttl, 1 s) lapses the token may still pass; then never. The
+    # 15 s deadline is the margin of a busy machine, and still fails a token kept for the 60 s credentials cache.
     wait_until(lambda: requests.get(app(stack, base + "revoking"), headers=bearer, allow_redirects=False,
-                                    timeout=10).status_code == 401, timeout=5, what="revoked token refused")
+                                    timeout=10).status_code == 401, timeout=15, what="revoked token refused")
     revoked = requests.get(app(stack, base + "revoked"), headers=bearer, allow_redirects=False, timeout=10)
     assert revoked.status_code == 401 and "Location" not in revoked.headers
     assert revoked.headers["WWW-Authenticate"] == BEARER_CHALLENGE

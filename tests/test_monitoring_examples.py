@@ -370,7 +370,7 @@ def test_a_real_prometheus_scrapes_the_portal_evaluates_the_alerts_and_answers_t
         def scraped_twice() -> bool:  # rate() needs two samples
             found = prometheus.api("query", query='count_over_time(up{job="authportal"}[1m])')["result"]
             return bool(found) and float(found[0]["value"][1]) >= 2
-        wait_until(scraped_twice, timeout=20, what="two scrapes of the portal", process=prometheus.process,
+        wait_until(scraped_twice, timeout=60, what="two scrapes of the portal", process=prometheus.process,
                    log=prometheus.log)
         [target] = prometheus.api("targets")["activeTargets"]
         assert target["health"] == "up" and target["labels"]["job"] == "authportal", target
@@ -379,7 +379,7 @@ def test_a_real_prometheus_scrapes_the_portal_evaluates_the_alerts_and_answers_t
             rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
             return rules if rules and all(r.get("lastEvaluation", "").startswith("2") and
                                           not r["lastEvaluation"].startswith("0001") for r in rules) else []
-        wait_until(lambda: bool(evaluated()), timeout=20, what="alert rules evaluated")
+        wait_until(lambda: bool(evaluated()), timeout=60, what="alert rules evaluated")
         rules = evaluated()
         assert len(rules) == 7
         assert all(rule["health"] == "ok" and not rule.get("lastError") for rule in rules), rules

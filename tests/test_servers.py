@@ -47,7 +47,7 @@ def test_nginx_proxies_to_upstream(nginx_factory, upstream):
     assert seen.headers["X-Test"] == "through-nginx"
     assert seen.headers["X-Proxied-By"] == "nginx"
     # nginx writes the access log line after sending the response: poll for it
-    wait_until(lambda: "GET /nginx/check?q=1" in (nginx.dir / "access.log").read_text(), timeout=5, what="access log")
+    wait_until(lambda: "GET /nginx/check?q=1" in (nginx.dir / "access.log").read_text(), timeout=30, what="access log")
 
 
 def test_nginx_reload_applies_new_config(nginx_factory):

@@ -140,7 +140,7 @@ def test_exec_reload_makes_the_running_portal_reload(tmp_path):
         assert reloads(portal) == {"success": 0.0, "failure": 0.0}
         command = [portal.process.pid if word == "$MAINPID" else word for word in kill]
         subprocess.run([str(word) for word in command], check=True, timeout=10)
-        wait_until(lambda: reloads(portal)["success"] == 1.0, timeout=15, what="the reload counted in /metrics",
+        wait_until(lambda: reloads(portal)["success"] == 1.0, timeout=30, what="the reload counted in /metrics",
                    process=portal.process, log=portal.log)
         assert "configuration reloaded" in portal.logs()
 

@@ -135,7 +135,7 @@ def test_watcher_picks_up_changes_without_being_asked(users_path):
         users = dict(USERS)
         users["erin"] = {"password": "erin-pass", "groups": []}
         users_path.write_text(yaml.safe_dump(users_document(users)))
-        wait_until(lambda: provider.get_details("erin") is not None, timeout=5, what="users file reload")
+        wait_until(lambda: provider.get_details("erin") is not None, timeout=30, what="users file reload")
     finally:
         provider.close()
 
@@ -156,6 +156,8 @@ def test_unknown_users_cost_about_as_much_as_known_ones(tmp_path):
             provider.check_password(user, "wrong")
             times.append(time.perf_counter() - started)
     known, unknown = statistics.median(samples["bob"]), statistics.median(samples["nobody"])
+    # Without the dummy hash an unknown user costs next to nothing (a ratio near 0): medians of interleaved
+    # samples and a factor of 2 either way leave a busy machine room and still catch that.
     assert 0.5 < unknown / known < 2.0, (known, unknown)
 
 

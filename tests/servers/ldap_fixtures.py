@@ -1,11 +1,17 @@
-"""Session-scoped fixtures for the directory servers: import them into conftest.py.
+"""Fixtures for the directory servers: import them into conftest.py.
 
     from tests.servers.ldap_fixtures import *  # noqa: F401,F403
 
+Session-scoped, shared by every test (never stop them, nor change their entries, in a test):
+
 * ``slapd`` — a running `SlapdServer` (OpenLDAP, dc=example,dc=com; ldap:// + StartTLS and ldaps://).
-  A test that stops it must start it again (``slapd.start()`` in a ``finally``).
 * ``samba_template`` — the EXAMPLE.TEST domain provisioned once per session (not running).
 * ``samba_ad`` — a running `SambaAD` copied from the template, in its own network namespace.
+
+Function-scoped, for a test that stops, freezes or changes its directory:
+
+* ``own_slapd`` — a `SlapdServer` of the test's own, with the same entries.
+* ``own_samba_ad`` — a `SambaAD` of the test's own, copied from the template.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from .slapd import SlapdServer
 
 # The functions carry a `_fixture` suffix so that tests taking `slapd` as an argument do not shadow an import;
 # the fixture names are `slapd`, `samba_template` and `samba_ad`.
-__all__ = ["samba_ad_fixture", "samba_template_fixture", "slapd_fixture"]
+__all__ = ["own_samba_ad", "own_slapd", "samba_ad_fixture", "samba_template_fixture", "slapd_fixture"]
 
 
 @pytest.fixture(scope="session", name="slapd")
@@ -40,6 +46,26 @@ def samba_template_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", name="samba_ad")
 def samba_ad_fixture(samba_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaAD]:
     server = SambaAD(samba_template, tmp_path_factory.mktemp("samba-ad"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_slapd(tmp_path: Path) -> Iterator[SlapdServer]:
+    server = SlapdServer(tmp_path / "own-slapd")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_samba_ad(samba_template: Path, tmp_path: Path) -> Iterator[SambaAD]:
+    server = SambaAD(samba_template, tmp_path / "own-samba-ad")
     try:
         server.start()
         yield server

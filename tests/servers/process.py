@@ -44,7 +44,7 @@ class ServerProcess:
 
     binary_name = ""
     log_name = "output.log"
-    start_timeout = 15.0
+    start_timeout = 30.0  # ready in well under a second here; a busy machine needs the room
 
     def __init__(self) -> None:
         self.binary = require_binary(self.binary_name)
