@@ -20,8 +20,8 @@ test: $(BIN)/authportal
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/authportal
-	$(BIN)/python bench/verify.py
-	$(BIN)/python bench/burst.py
+	$(BIN)/python -m bench.verify
+	$(BIN)/python -m bench.burst
 
 clean:
 	rm -rf $(VENV) build *.egg-info run test-artifacts

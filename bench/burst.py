@@ -4,7 +4,7 @@ Measures what the login gate is for: verify p99 idle vs during the burst, how
 the 50 logins were answered (302 signed in, 503 busy: retry), and the portal's
 memory (RSS of the server and its workers) at its highest.
 
-    .venv/bin/python bench/burst.py          # ~20 s; writes bench/burst.json
+    .venv/bin/python -m bench.burst          # ~20 s; writes bench/burst.json
 """
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import requests  # noqa: E402
+import requests
 
-from bench.verify import portal_overrides, session_cookie  # noqa: E402
-from tests.portal import PortalSetup, ServedPortal, login, resolve_example_test  # noqa: E402
-from tests.servers import free_port  # noqa: E402
-from tests.servers.nginx import Nginx  # noqa: E402
+from bench.verify import portal_overrides, session_cookie
+from tests.servers import free_port
+from tests.servers.nginx import Nginx
+from tests.support.portal import PortalSetup, ServedPortal, login, resolve_example_test
 
 LOGINS = 50
 NGINX = """

@@ -8,9 +8,9 @@ flagged, so a misconfiguration cannot produce a fast fake number. Each case
 is measured in 4 rounds (every other round in reverse order), so a machine
 that gets slower or faster during the run does not favour one case.
 
-    .venv/bin/python bench/verify.py              # full run (8 s per case), ~2 min
-    .venv/bin/python bench/verify.py --quick      # 4 s per case
-    .venv/bin/python bench/verify.py --sweep      # portal workers 1/2 x threads 2/4/8 (cases C and R)
+    .venv/bin/python -m bench.verify              # full run (8 s per case), ~2 min
+    .venv/bin/python -m bench.verify --quick      # 4 s per case
+    .venv/bin/python -m bench.verify --sweep      # portal workers 1/2 x threads 2/4/8 (cases C and R)
 
 See bench/README.md for what each case means and the results.
 """
@@ -36,17 +36,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import requests  # noqa: E402
-import yaml_rs  # noqa: E402
+import requests
+import yaml_rs
 
-from authportal.config import CONFIG_PATH_ENV, PasswordHashConfig, ServerConfig  # noqa: E402
-from authportal.passwords import PasswordHasher  # noqa: E402
-from tests.portal import SEED_RULES, USERS, PortalSetup, login, resolve_example_test, users_document  # noqa: E402
-from tests.servers import free_port, port_open, stop_process, wait_until  # noqa: E402
-from tests.servers.nginx import Nginx  # noqa: E402
-from tests.servers.redis import RedisServer  # noqa: E402
+from authportal.config import CONFIG_PATH_ENV, PasswordHashConfig, ServerConfig
+from authportal.passwords import PasswordHasher
+from tests.servers import free_port, port_open, stop_process, wait_until
+from tests.servers.nginx import Nginx
+from tests.servers.redis import RedisServer
+from tests.support.portal import SEED_RULES, USERS, PortalSetup, login, resolve_example_test, users_document
 
 VENV_BIN = Path(sys.executable).parent
 SETPRIV = shutil.which("setpriv")
@@ -225,7 +224,7 @@ def _zombie(pid: int) -> bool:
 
 def other_server(server: Server, target: str, port: int) -> list[str]:
     """The command serving `target` (portal or raw) on a server other than granian (bench/wsgi_servers.py)."""
-    return [sys.executable, str(REPO / "bench" / "wsgi_servers.py"), server.runner, target, str(port),
+    return [sys.executable, "-m", "bench.wsgi_servers", server.runner, target, str(port),
             str(server.threads)]
 
 

@@ -1,6 +1,6 @@
 """Serve the portal (or the raw callable) on another WSGI server, for `verify.py --servers`.
 
-    python bench/wsgi_servers.py SERVER portal|raw PORT THREADS
+    python -m bench.wsgi_servers SERVER portal|raw PORT THREADS     # from the repository root
 
 `portal` is the real product: `authportal.server:worker_app`, the factory
 granian's workers call, reading the config named by X_AUTHPORTAL_CONFIG.
@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HOST = "127.0.0.1"
 

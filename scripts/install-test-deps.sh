@@ -22,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# axe-core, the accessibility audit run in Chromium by tests/test_pages.py (tests/accessibility.py):
+# axe-core, the accessibility audit run in Chromium by tests/test_pages.py (tests/support/accessibility.py):
 # one pinned tarball from the npm registry, unpacked once under test-artifacts/cache/ (no node_modules needed).
 AXE_VERSION=4.14.1
 axe_dir="$(cd "$(dirname "$0")/.." && pwd)/test-artifacts/cache/axe-core-$AXE_VERSION"

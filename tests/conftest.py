@@ -1,27 +1,17 @@
-"""Shared fixtures: real servers (tests/servers/), the portal's config and a served portal."""
+"""Shared fixtures: real servers (tests/servers/), the portal's config, a served portal, the portal in-process."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from werkzeug.test import Client
 
-from tests.portal import PortalSetup, ServedPortal, resolve_example_test
-from tests.servers.fixtures import *  # noqa: F403
-from tests.servers.ldap_fixtures import *  # noqa: F403
-from tests.servers.storage_fixtures import *  # noqa: F403
+from tests.support.in_process import AuthActions, ProxiedClient
+from tests.support.portal import SECRET_KEY, USERS, PortalSetup, ServedPortal, resolve_example_test
+from tests.support.stacks import NginxStack, nginx_stack
 
-
-class ProxiedClient(Client):
-    """In-process client whose requests arrive from 127.0.0.1, a trusted proxy, as they do behind nginx."""
-
-    def open(self, *args, **kwargs):
-        kwargs.setdefault("environ_overrides", {}).setdefault("REMOTE_ADDR", "127.0.0.1")
-        return super().open(*args, **kwargs)
-
+pytest_plugins = ["tests.servers.fixtures", "tests.servers.ldap_fixtures", "tests.servers.storage_fixtures"]
 
 resolve_example_test()
-
 
 
 @pytest.fixture
@@ -63,11 +53,15 @@ def client(app):
     return ProxiedClient(app)
 
 
+@pytest.fixture
+def auth(client) -> AuthActions:
+    """`auth.login("bob")`, `auth.verify(url)`, `auth.csrf()`, `auth.logout()` with the test's `client`."""
+    return AuthActions(client)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_any_log(tmp_path_factory):
     """After the whole run: no password or secret key of the tests appears in any log any server wrote."""
-    from tests.portal import SECRET_KEY, USERS
-
     yield
     secrets = {SECRET_KEY, *(fields["password"] for fields in USERS.values())}
     leaks = []
@@ -75,6 +69,15 @@ def no_secret_in_any_log(tmp_path_factory):
         text = log.read_text(errors="replace")
         leaks += [f"{log}: {secret[:4]}…" for secret in secrets if secret in text]
     assert not leaks, f"secrets found in logs: {leaks}"
+
+
+@pytest.fixture(scope="module")
+def seed_stack(tmp_path_factory, upstream) -> Iterator[NginxStack]:
+    """The portal behind examples/nginx/seed-layout.conf, the stub `upstream` as every app, for one module."""
+    backend = f"127.0.0.1:{upstream.port}"
+    with nginx_stack("seed-layout", tmp_path_factory.mktemp("seed-stack"),
+                     {"PROMETHEUS": backend, "ALERTMANAGER": backend, "PUBLIC": backend}) as started:
+        yield started
 
 
 @pytest.fixture

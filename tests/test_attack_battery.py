@@ -37,14 +37,14 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.portal import SEED_RULES, PortalSetup, ServedPortal, login
 from tests.servers import free_port
 from tests.servers.caddy import Caddy
 from tests.servers.nginx import Nginx
 from tests.servers.process import REPO
 from tests.servers.relay import Exchange, RecordingRelay
 from tests.servers.upstream import RecordedRequest, Upstream
-from tests.stacks import CADDY_EXAMPLE, EXAMPLES, LAYOUTS, HAProxyExample, require_set_misc
+from tests.support.portal import SEED_RULES, PortalSetup, ServedPortal, login
+from tests.support.stacks import CADDY_EXAMPLE, EXAMPLES, LAYOUTS, HAProxyExample, require_set_misc
 
 COOKIE = "authportal_session"
 

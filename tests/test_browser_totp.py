@@ -7,13 +7,13 @@ import time
 import pyotp
 
 from tests.servers.browser import ARTIFACTS
-from tests.test_browser import DESKTOP, echoed_headers, open_protected, sign_in, stack  # noqa: F401
+from tests.support.browsing import DESKTOP, echoed_headers, open_protected, sign_in
 
 ADMIN_PATH = "/prometheus/api/v1/admin/tsdb/snapshot"
 
 
-def test_enrollment_then_a_second_login_with_the_code(browser, stack):  # noqa: F811
-    context, page, url = open_protected(browser, stack, ADMIN_PATH, viewport=DESKTOP)
+def test_enrollment_then_a_second_login_with_the_code(browser, seed_stack):
+    context, page, url = open_protected(browser, seed_stack, ADMIN_PATH, viewport=DESKTOP)
     try:
         sign_in(page, "alice")
         # alice has no device yet and the admin API needs two factors: the portal offers enrollment
@@ -32,7 +32,7 @@ def test_enrollment_then_a_second_login_with_the_code(browser, stack):  # noqa: 
     finally:
         context.close()
 
-    context, page, url = open_protected(browser, stack, ADMIN_PATH, viewport=DESKTOP)
+    context, page, url = open_protected(browser, seed_stack, ADMIN_PATH, viewport=DESKTOP)
     try:
         sign_in(page, "alice")
         page.wait_for_url(lambda current: "/2fa?" in current)

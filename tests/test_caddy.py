@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.forward_auth_flow import (
-    reached,
-)
-from tests.proxy_contract import *  # noqa: F403 - the tests every proxy example must pass
 from tests.servers.caddy import Caddy
 from tests.servers.process import REPO
+from tests.support.forward_auth_flow import (
+    reached,
+)
+from tests.support.proxy_contract import *  # noqa: F403 - the tests every proxy example must pass
 
 EXAMPLE = REPO / "examples" / "caddy" / "Caddyfile"
 

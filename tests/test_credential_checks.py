@@ -6,7 +6,6 @@ code calls a provider's `check_password` anywhere else.
 """
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import time
@@ -15,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ProxiedClient
-from tests.portal import USERS
 from tests.servers.slapd import SlapdServer
-from tests.test_login import PORTAL, PROM, csrf, post_login, verify
+from tests.support.in_process import PORTAL, PROM, ProxiedClient, csrf, post_login, verify
+from tests.support.portal import USERS, basic_header
 
 PACKAGE = Path(__file__).resolve().parents[1] / "authportal"
 MAX_RETRIES = 3
@@ -33,16 +31,12 @@ def test_no_code_checks_a_password_outside_the_one_path():
     assert callers == [], "call CredentialChecks.password instead of the provider: bans, timing, audit"
 
 
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 def _by_form(client, user: str, password: str):
     return post_login(client, user, password)
 
 
 def _by_basic(client, user: str, password: str):
-    return verify(client, PROM, Authorization=_basic(user, password))
+    return verify(client, PROM, Authorization=basic_header(user, password))
 
 
 def _by_reauthentication(client, user: str, password: str):
@@ -100,11 +94,11 @@ def test_basic_refuses_an_unknown_user_as_slowly_as_a_known_one(app_with, backen
     client = ProxiedClient(app, use_cookies=False)
     timer = app.portal.checks.basic.timer
     for _ in range(5):  # successes teach the timer how long a real check takes
-        assert verify(client, PROM, Authorization=_basic(user, password)).status_code == 200
+        assert verify(client, PROM, Authorization=basic_header(user, password)).status_code == 200
     assert timer.target > 0
     for name in ("nobody-at-all", user):
         floor = timer.target
         started = time.perf_counter()
-        assert verify(client, PROM, Authorization=_basic(name, "wrong")).status_code == 401
+        assert verify(client, PROM, Authorization=basic_header(name, "wrong")).status_code == 401
         assert time.perf_counter() - started >= floor, name
     assert timer.target <= 0.25  # a Basic refusal holds a check slot briefly, never the login form's delay

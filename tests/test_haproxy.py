@@ -18,14 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from tests.forward_auth_flow import (
-    SCRIPT,
-    reached,
-)
-from tests.proxy_contract import *  # noqa: F403 - the tests every proxy example must pass
 from tests.servers import free_port
 from tests.servers.haproxy import HAProxy
 from tests.servers.process import REPO
+from tests.support.forward_auth_flow import (
+    SCRIPT,
+    reached,
+)
+from tests.support.proxy_contract import *  # noqa: F403 - the tests every proxy example must pass
 
 EXAMPLE = REPO / "examples" / "haproxy"
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.portal import PortalSetup, ServedPortal, csrf_from, login
 from tests.servers import wait_until
 from tests.servers.samba_ad import SambaAD
 from tests.servers.slapd import SlapdServer
-from tests.stacks import NginxStack, nginx_stack
+from tests.support.portal import PortalSetup, ServedPortal, csrf_from, login
+from tests.support.stacks import NginxStack, nginx_stack
 
 
 def slapd_backend(slapd: SlapdServer) -> dict:

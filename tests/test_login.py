@@ -5,55 +5,25 @@ import re
 from urllib.parse import quote
 
 import pytest
-from werkzeug.test import Client
 
-from tests.conftest import ProxiedClient
-from tests.portal import USERS
-
-PORTAL = "http://auth.example.test"
-PROM = "http://app.example.test/prometheus/graph"
-VERIFY_PROM = {"X-Original-URL": PROM, "X-Original-Method": "GET"}
-
+from tests.support.in_process import (
+    PORTAL,
+    PROM,
+    ProxiedClient,
+    csrf,
+    page,
+    post_login,
+    session_cookie,
+    verify,
+    verify_as,
+)
+from tests.support.portal import USERS
 
 
 @pytest.fixture
 def portal_setup(portal_setup_both_storages):
     """Every test here runs twice: sessions and TOTP state in SQLite, then in a real PostgreSQL."""
     return portal_setup_both_storages
-
-
-def page(client: Client, path: str = "/", **kwargs):
-    return client.get(path, base_url=PORTAL, **kwargs)
-
-
-def csrf(client: Client, path: str = "/") -> str:
-    match = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page(client, path).get_data(as_text=True))
-    assert match
-    return match.group(1)
-
-
-def post_login(client: Client, user: str, password: str | None = None, rd: str | None = None, **extra):
-    form = {"username": user, "password": USERS[user]["password"] if password is None else password,
-            "csrf_token": csrf(client), **extra}
-    if rd:
-        form["rd"] = rd
-    return client.post("/login", base_url=PORTAL, data=form)
-
-
-def session_cookie(client: Client):
-    return client.get_cookie("authportal_session", domain="example.test")
-
-
-def verify(client: Client, url: str = PROM, method: str = "GET", **headers):
-    return client.get("/api/verify", base_url=PORTAL,
-                      headers={"X-Original-URL": url, "X-Original-Method": method, **headers})
-
-
-def verify_as(app, session_id: str, url: str = PROM):
-    """A verify from another browser that presents `session_id` (a stolen or replayed cookie)."""
-    other = ProxiedClient(app, use_cookies=False)
-    return other.get("/api/verify", base_url=PORTAL,
-                     headers={"X-Original-Method": "GET", "X-Original-URL": url, "Cookie": f"authportal_session={session_id}"})
 
 
 def test_login_page_is_a_plain_form_with_security_headers(client):

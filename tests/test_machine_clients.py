@@ -28,11 +28,11 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.portal import USERS, login
 from tests.servers import free_port, require_binary, wait_until
 from tests.servers.process import REPO, render
 from tests.servers.prometheus import Alertmanager, Prometheus
-from tests.stacks import NginxStack, nginx_stack
+from tests.support.portal import USERS, login
+from tests.support.stacks import NginxStack, nginx_stack
 
 EXAMPLES = REPO / "examples" / "machine-clients"
 #: A service user for Grafana, added to the test's users file (group monitoring may read both apps).

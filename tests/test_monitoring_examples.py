@@ -22,10 +22,10 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.portal import USERS, PortalSetup, ServedPortal, login
 from tests.servers import require_binary, wait_until
 from tests.servers.process import REPO
 from tests.servers.prometheus import Prometheus
+from tests.support.portal import USERS, PortalSetup, ServedPortal, login
 
 EXAMPLES = REPO / "examples" / "monitoring"
 DASHBOARD = EXAMPLES / "grafana-dashboard.json"

@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from tests.portal import USERS, csrf_from, login
-from tests.stacks import NginxStack, nginx_stack
+from tests.support.portal import USERS, csrf_from, login
+from tests.support.stacks import NginxStack, nginx_stack
 
 COOKIE = "authportal_session"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.portal import PortalSetup, ServedPortal, login
 from tests.servers import free_port, wait_until
+from tests.support.portal import PortalSetup, ServedPortal, login
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import ProxiedClient
-from tests.portal import PortalSetup, ServedPortal, login
 from tests.servers import wait_until
+from tests.support.in_process import ProxiedClient
+from tests.support.portal import PortalSetup, ServedPortal, login
 
 PROM = "http://app.example.test/prometheus/graph"
 
@@ -69,7 +69,7 @@ def test_audit_log_is_json_lines_with_the_facts(tmp_path):
         login(http, url, "bob")
         http.get(url + "/api/verify", headers={"X-Original-Method": "GET", "X-Original-URL": "http://alertmanager.example.test/",
                                                "X-Forwarded-For": "192.0.2.44", "X-Request-ID": "req-123"})
-        from tests.portal import csrf_from
+        from tests.support.portal import csrf_from
 
         http.post(url + "/logout", data={"csrf_token": csrf_from(http.get(url + "/logout").text)})
         audit_file = setup.directory / "audit.log"

@@ -3,7 +3,7 @@
 Every page a user meets is reached the way a person reaches it, then measured at
 desktop (1280×800) and phone (390×844) width: contrast ratios computed from the
 styles Chromium applied (text 4.5:1; focus ring, input and button edges 3:1,
-tests/accessibility.py), axe-core's WCAG 2.1 AA audit, no sideways scrolling.
+tests/support/accessibility.py), axe-core's WCAG 2.1 AA audit, no sideways scrolling.
 Screenshots go to test-artifacts/screenshots/<page>-<width>.png for a human to
 look at, and the measured ratios to test-artifacts/contrast/<page>.json.
 
@@ -28,9 +28,9 @@ import pyotp
 import pytest
 import requests
 
-from tests.accessibility import measure_contrast, run_axe
-from tests.portal import USERS, PortalSetup, ServedPortal, csrf_from, login
 from tests.servers.browser import ARTIFACTS
+from tests.support.accessibility import measure_contrast, run_axe
+from tests.support.portal import USERS, PortalSetup, ServedPortal, csrf_from, login
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -368,7 +368,7 @@ def test_an_expired_form_says_to_reload(client):
 
 
 def test_a_refused_address_is_told_it_has_no_access(app_with):
-    from tests.conftest import ProxiedClient
+    from tests.support.in_process import ProxiedClient
 
     client = ProxiedClient(app_with(metrics={"networks": ["10.0.0.0/8"]}))
     response = client.get("/metrics", base_url=PORTAL_BASE)
@@ -401,7 +401,7 @@ def test_the_wrong_method_says_to_use_the_page(client):
 def test_too_many_requests_says_to_wait(app_with):
     from flask import abort
 
-    from tests.conftest import ProxiedClient
+    from tests.support.in_process import ProxiedClient
 
     app = app_with()
     app.flask.add_url_rule("/slow-down", "slow_down", lambda: abort(429))  # nothing of the portal's says 429 yet
@@ -427,8 +427,8 @@ def test_a_crash_is_our_fault_in_plain_words(app, client, monkeypatch, caplog):
 
 
 def test_a_session_store_outage_at_sign_out_says_unavailable(app_with):
-    from tests.conftest import ProxiedClient
     from tests.servers import free_port
+    from tests.support.in_process import ProxiedClient
 
     app = app_with(session={"redis": {"url": f"redis://127.0.0.1:{free_port()}/0", "timeout": "1s"}})
     client = ProxiedClient(app)

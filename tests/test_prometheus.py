@@ -14,10 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from tests.portal import login
 from tests.servers import free_port
 from tests.servers.prometheus import Alertmanager, Prometheus
-from tests.stacks import NginxStack, nginx_stack
+from tests.support.portal import login
+from tests.support.stacks import NginxStack, nginx_stack
 
 
 @pytest.fixture(scope="module")

@@ -33,17 +33,17 @@ import pytest
 import requests
 import yaml
 
-from tests.portal import csrf_from, deep_merge, login, secret_on_page
 from tests.servers import free_port, stop_process, tail, wait_until
 from tests.servers.nginx import Nginx
 from tests.servers.process import REPO, SETPRIV
 from tests.servers.prometheus import Prometheus
 from tests.servers.slapd import CertificateAuthority
+from tests.support.portal import csrf_from, deep_merge, login, secret_on_page
 
 README = REPO / "README.md"
 QUICK_START = "Quick start"
 WITH_NGINX = "Put it in front of Prometheus with nginx"
-#: The user's own domain in place of the README's example.com (resolves to 127.0.0.1 here, see tests/portal.py).
+#: The user's own domain in place of the README's example.com (resolves to 127.0.0.1 here, see tests/support/portal.py).
 DOMAIN = "example.test"
 PASSWORDS = {"alice": "alice-Readme-Story-1", "bob": "bob-Readme-Story-2"}
 SNAPSHOT = "/prometheus/api/v1/admin/tsdb/snapshot"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.portal import PortalSetup, ServedPortal, login
 from tests.servers import wait_until
 from tests.servers.redis import RedisServer
+from tests.support.portal import PortalSetup, ServedPortal, login
 
 PROM = "http://app.example.test/prometheus/graph"
 HEADERS = {"X-Original-URL": PROM, "X-Original-Method": "GET"}
@@ -76,7 +76,7 @@ def test_logout_on_one_instance_is_seen_by_the_other_within_the_cache_bound(inst
     assert verify(one, http).status_code == 200  # instance one now holds the session in its cache
     cookie = http.cookies.get("authportal_session")
     page = http.get(portal_url(two) + "/logout").text
-    from tests.portal import csrf_from
+    from tests.support.portal import csrf_from
 
     http.post(portal_url(two) + "/logout", data={"csrf_token": csrf_from(page)}, allow_redirects=False)
     logged_out = time.monotonic()

@@ -28,8 +28,8 @@ from click.testing import CliRunner
 from authportal.cli.totp import totp as totp_cli
 from authportal.config import load_config
 from authportal.storage import Storage, totp_configurations
-from tests.portal import USERS, PortalSetup, ServedPortal, csrf_from, login
 from tests.servers.redis import RedisServer
+from tests.support.portal import USERS, PortalSetup, ServedPortal, csrf_from, login
 
 SECRET_ON_PAGE = re.compile(r'<code id="totp-secret">((?:[A-Z2-7]{4} )*[A-Z2-7]{1,4})</code>')
 

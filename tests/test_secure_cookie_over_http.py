@@ -12,7 +12,7 @@ import pytest
 import requests
 from werkzeug.test import Client
 
-from tests.portal import USERS, PortalSetup, ServedPortal, csrf_from
+from tests.support.portal import USERS, PortalSetup, ServedPortal, csrf_from
 
 CAUSE = "but this request came over http: the browser does not send back the Secure cookie the form needs"
 FIX = "set server.portal_url to http://… and session.cookie_secure: false"

@@ -33,9 +33,9 @@ from authportal.cli import main as cli
 from authportal.config import PostgresConfig, SqliteConfig, StorageConfig, load_config
 from authportal.migrations import latest
 from authportal.storage import MIGRATION_LOCK, Storage, StorageUnavailable, metadata
-from tests.portal import PortalSetup, ServedPortal, csrf_from, login
 from tests.servers import IN_CI, require_binary, wait_until
 from tests.servers.postgres import PostgresServer
+from tests.support.portal import PortalSetup, ServedPortal, csrf_from, login
 
 #: The last commit before schema revisions: what operators run today.
 RELEASED = "0752434c72e27b2c50ae85365963a768d46c0235"

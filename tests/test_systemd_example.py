@@ -19,9 +19,9 @@ import pytest
 import requests
 import yaml
 
-from tests.portal import SECRET_KEY, PortalSetup, ServedPortal
 from tests.servers import require_binary, wait_until
 from tests.servers.process import REPO
+from tests.support.portal import SECRET_KEY, PortalSetup, ServedPortal
 
 UNIT = REPO / "examples" / "systemd" / "authportal.service"
 INSTALLED = "/usr/local/bin/authportal"

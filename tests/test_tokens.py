@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from authportal.cli.tokens import tokens as tokens_cli
 from authportal.storage import api_tokens
 from authportal.tokens import TokenService
-from tests.clock import Clock
+from tests.support.clock import Clock
 
 T0 = 1_700_000_000.0
 

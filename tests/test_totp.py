@@ -14,7 +14,7 @@ from authportal.config import TotpConfig
 from authportal.secretbox import DecryptionError, SecretBox, WrongEncryptionKey
 from authportal.storage import Storage, totp_configurations
 from authportal.totp import DIGESTS, TotpService
-from tests.clock import Clock
+from tests.support.clock import Clock
 
 KEY = "0123456789abcdef0123456789abcdef-test"
 SEED_SHA1 = b"12345678901234567890"

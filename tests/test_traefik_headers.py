@@ -26,17 +26,16 @@ import pytest
 import requests
 import yaml
 
-from tests.forward_auth_flow import (
+from tests.servers.process import REPO
+from tests.support.forward_auth_flow import (
     BROWSER,
     FORGED_IDENTITY,
     SCRIPT,
-    basic_header,
     logged_in,
     portal_behind_proxy,
     smuggled_urls,
 )
-from tests.portal import USERS, ServedPortal
-from tests.servers.process import REPO
+from tests.support.portal import USERS, ServedPortal, basic_header
 
 DYNAMIC = REPO / "examples" / "traefik" / "dynamic.yml"
 CLIENT_IP = "203.0.113.7"

@@ -16,7 +16,7 @@ from authportal.authentication.users_file import UsersFileError, UsersFileProvid
 from authportal.cli import main
 from authportal.config import FileBackendConfig, PasswordHashConfig
 from authportal.passwords import PasswordHasher
-from tests.portal import TEST_HASH, USERS, hashed, users_document
+from tests.support.portal import TEST_HASH, USERS, hashed, users_document
 
 
 def provider_for(path, watch=False) -> UsersFileProvider:

@@ -7,20 +7,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import ProxiedClient
-from tests.portal import USERS
-from tests.test_login import PORTAL, PROM, VERIFY_PROM, post_login, verify
-
-
-def basic(user: str, password: str | None = None) -> str:
-    secret = USERS[user]["password"] if password is None else password
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
-
-
-def forward_auth(client, host="app.example.test", uri="/prometheus/graph", method="GET", proto="https", **headers):
-    return client.get("/api/forward-auth", base_url=PORTAL, headers={
-        "X-Forwarded-Proto": proto, "X-Forwarded-Host": host, "X-Forwarded-Uri": uri,
-        "X-Forwarded-Method": method, **headers})
+from tests.support.in_process import PORTAL, PROM, VERIFY_PROM, ProxiedClient, forward_auth, post_login, verify
+from tests.support.portal import USERS, basic_header
 
 
 def test_anonymous_gets_401_with_the_login_url(client, portal_setup):
@@ -172,13 +160,13 @@ def test_session_cookie_is_parsed_strictly(client, app):
 # Machine clients
 
 def test_basic_auth_grants_like_a_session(client):
-    response = verify(client, Authorization=basic("bob"))
+    response = verify(client, Authorization=basic_header("bob"))
     assert response.status_code == 200
     assert response.headers["Remote-User"] == "bob" and response.headers["Remote-Groups"] == "monitoring"
-    assert verify(client, Authorization=basic("carol")).status_code == 403
+    assert verify(client, Authorization=basic_header("carol")).status_code == 403
 
 
-@pytest.mark.parametrize("header", [basic("bob", "wrong"), basic("nobody", "x"), basic("dave"),
+@pytest.mark.parametrize("header", [basic_header("bob", "wrong"), basic_header("nobody", "x"), basic_header("dave"),
                                     "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode()])
 def test_bad_basic_credentials_get_a_challenge_not_a_redirect(client, header):
     response = verify(client, Authorization=header, Accept="text/html")
@@ -200,16 +188,16 @@ def test_another_systems_credential_is_left_to_the_application(app_with, foreign
     for _ in range(6):  # twice the failures that would ban the address
         answer = verify(client, Authorization=foreign)
         assert answer.status_code == 200 and answer.headers["Remote-User"] == "bob"
-    assert verify(ProxiedClient(app), Authorization=basic("bob")).status_code == 200  # address not banned
+    assert verify(ProxiedClient(app), Authorization=basic_header("bob")).status_code == 200  # address not banned
 
 
 def test_proxy_authorization_is_accepted(client):
-    assert verify(client, **{"Proxy-Authorization": basic("bob")}).headers["Remote-User"] == "bob"
+    assert verify(client, **{"Proxy-Authorization": basic_header("bob")}).headers["Remote-User"] == "bob"
 
 
 def test_basic_cannot_satisfy_two_factor(client):
     response = verify(client, "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot", "POST",
-                      Authorization=basic("alice"))
+                      Authorization=basic_header("alice"))
     assert response.status_code == 403
 
 
@@ -218,14 +206,14 @@ def test_basic_can_be_switched_off_per_rule(app_with):
         {"domain": "ui.example.test", "subject": ["group:monitoring"], "policy": "one_factor", "basic_auth": False},
         {"domain": "api.example.test", "subject": ["group:monitoring"], "policy": "one_factor"}]})
     client = ProxiedClient(app)
-    refused = verify(client, "http://ui.example.test/", Authorization=basic("bob"))
+    refused = verify(client, "http://ui.example.test/", Authorization=basic_header("bob"))
     assert refused.status_code == 401 and "WWW-Authenticate" not in refused.headers
-    assert verify(client, "http://api.example.test/", Authorization=basic("bob")).status_code == 200
+    assert verify(client, "http://api.example.test/", Authorization=basic_header("bob")).status_code == 200
     # there the header is the application's own (its Basic login): a signed-in user's session decides
     post_login(client, "carol")
-    assert verify(client, "http://ui.example.test/", Authorization=basic("carol")).status_code == 403
+    assert verify(client, "http://ui.example.test/", Authorization=basic_header("carol")).status_code == 403
     post_login(client, "bob")
-    for header in (basic("alice"), basic("bob", "the-apps-own-password")):
+    for header in (basic_header("alice"), basic_header("bob", "the-apps-own-password")):
         answer = verify(client, "http://ui.example.test/", Authorization=header)
         assert answer.status_code == 200 and answer.headers["Remote-User"] == "bob"
 
@@ -282,7 +270,7 @@ def test_credentials_cache_holds_no_password_and_checks_once(app, client):
 
     provider.check_password = counting
     for _ in range(5):
-        assert verify(client, Authorization=basic("bob")).status_code == 200
+        assert verify(client, Authorization=basic_header("bob")).status_code == 200
     assert hashes == ["bob"]
     cache = app.portal.credentials
     stored = repr(list(cache._entries.items()))
@@ -305,7 +293,7 @@ def test_concurrent_identical_basic_checks_hash_once(app):
     results = []
 
     def one():
-        results.append(verify(ProxiedClient(app), Authorization=basic("bob")).status_code)
+        results.append(verify(ProxiedClient(app), Authorization=basic_header("bob")).status_code)
 
     threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
@@ -317,13 +305,13 @@ def test_concurrent_identical_basic_checks_hash_once(app):
 
 
 def test_users_file_change_invalidates_the_cache_at_once(app, client, portal_setup):
-    assert verify(client, Authorization=basic("bob")).status_code == 200
+    assert verify(client, Authorization=basic_header("bob")).status_code == 200
     users = {name: dict(fields) for name, fields in USERS.items()}
     users["bob"]["password"] = "a-new-password"
     portal_setup.write_users(users)
     assert app.portal.provider.reload_if_changed()
-    assert verify(client, Authorization=basic("bob")).status_code == 401
-    assert verify(client, Authorization=basic("bob", "a-new-password")).status_code == 200
+    assert verify(client, Authorization=basic_header("bob")).status_code == 401
+    assert verify(client, Authorization=basic_header("bob", "a-new-password")).status_code == 200
 
 
 def test_session_of_a_disabled_user_stops_working(app, client, portal_setup):
@@ -397,12 +385,12 @@ def test_basic_guessing_is_regulated_like_the_login_form(app_with, caplog):
     app = app_with(regulation=REGULATED)
     client = ProxiedClient(app)
     for guess in range(3):
-        assert verify(client, Authorization=basic("bob", f"guess-{guess}")).status_code == 401
+        assert verify(client, Authorization=basic_header("bob", f"guess-{guess}")).status_code == 401
     # banned now: the right password is refused too, without a check, and it is audited
     checks = []
     real = app.portal.provider.check_password
     app.portal.provider.check_password = lambda u, p: checks.append(u) or real(u, p)
-    assert verify(client, Authorization=basic("bob")).status_code == 401
+    assert verify(client, Authorization=basic_header("bob")).status_code == 401
     assert checks == []
     events = [r.audit for r in caplog.records if getattr(r, "audit", None)]
     assert [e["reason"] for e in events if e["event"] == "login_failure"] == ["bad_credentials"] * 3 + ["banned"]
@@ -419,7 +407,7 @@ def test_a_ban_from_the_login_form_also_refuses_basic(app_with):
     for _ in range(3):
         assert post_login(client, "carol", "wrong").status_code == 401
     assert verify(client, "http://app.example.test/public/x").status_code == 200
-    machine = verify(client, Authorization=basic("carol"))
+    machine = verify(client, Authorization=basic_header("carol"))
     assert machine.status_code == 401
 
 
@@ -428,10 +416,10 @@ def test_spelling_variants_of_a_name_share_one_failure_count(app_with):
     app = app_with(regulation=REGULATED)
     client = ProxiedClient(app)
     for variant in ("carol ", " CAROL", "Carol  "):
-        assert verify(client, Authorization=basic(variant, "wrong")).status_code == 401
-    assert verify(client, Authorization=basic("carol")).status_code == 401  # banned: right password refused
+        assert verify(client, Authorization=basic_header(variant, "wrong")).status_code == 401
+    assert verify(client, Authorization=basic_header("carol")).status_code == 401  # banned: right password refused
     assert post_login(client, "carol").status_code == 401
-    assert verify(client, Authorization=basic("bob")).status_code == 200  # others are not affected
+    assert verify(client, Authorization=basic_header("bob")).status_code == 200  # others are not affected
 
 
 def test_refused_tokens_get_a_bearer_challenge(client):
@@ -448,13 +436,13 @@ def test_uncached_basic_checks_never_take_the_threads_verifies_need(app, client)
         held += 1
     try:
         machine = ProxiedClient(app)
-        refused = verify(machine, Authorization=basic("bob"))
+        refused = verify(machine, Authorization=basic_header("bob"))
         assert refused.status_code == 401 and refused.headers["Retry-After"] == "1"
         assert verify(client).status_code == 200  # cookie verifies go on
     finally:
         for _ in range(held):
             gate.release()
-    assert verify(ProxiedClient(app), Authorization=basic("bob")).status_code == 200
+    assert verify(ProxiedClient(app), Authorization=basic_header("bob")).status_code == 200
 
 
 # One header family per endpoint, no fallback and no default (issue 14). granian hands a header value with

@@ -1,4 +1,4 @@
-"""pytest fixtures for the real servers; tests/conftest.py does `from tests.servers.fixtures import *`.
+"""pytest fixtures for the real servers, a plugin that tests/conftest.py names in `pytest_plugins`.
 
 Session-scoped (shared, never stop them in a test): `redis_server`, `upstream`,
 `browser`. A test that stops Redis mid-run starts its own `RedisServer`.
@@ -22,16 +22,6 @@ from .nginx import Nginx
 from .process import ConfiguredServer
 from .redis import RedisServer
 from .upstream import Upstream
-
-__all__ = [
-    "ServerFactory",
-    "browser",
-    "caddy_factory",
-    "haproxy_factory",
-    "nginx_factory",
-    "redis_server",
-    "upstream",
-]
 
 
 class ServerFactory:

@@ -15,8 +15,6 @@ from authportal.storage import Storage
 
 from .postgres import PostgresServer, start_postgres
 
-__all__ = ["postgres_server", "storage", "storage_config"]
-
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from tests.portal import PortalSetup, ServedPortal
 from tests.servers import IN_CI, free_port
 from tests.servers.haproxy import HAProxy
 from tests.servers.nginx import Nginx
 from tests.servers.process import REPO
+from tests.support.portal import PortalSetup, ServedPortal
 
 EXAMPLES = REPO / "examples" / "nginx"
 SET_MISC_MODULES = (Path("/usr/lib/nginx/modules/ndk_http_module.so"),

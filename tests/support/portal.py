@@ -7,6 +7,7 @@ conftest), as Chromium's host-resolver rules do for the browser test.
 """
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -189,6 +190,16 @@ class ServedPortal:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+
+
+def basic(user: str, password: str | None = None) -> tuple[str, str]:
+    """(user, password) for `requests`' auth=; the user's real password unless one is given."""
+    return user, USERS[user]["password"] if password is None else password
+
+
+def basic_header(user: str, password: str | None = None) -> str:
+    """The Authorization header value a client sends for HTTP Basic."""
+    return "Basic " + base64.b64encode(":".join(basic(user, password)).encode()).decode()
 
 
 _CSRF_RE = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')

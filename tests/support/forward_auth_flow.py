@@ -1,21 +1,20 @@
 """What the HAProxy, Caddy and Traefik tests share: the portal behind a proxy, clients, and what reached the app.
 
-The seed layout (tests/portal.py `SEED_RULES`) plus one open health path, so a
+The seed layout (tests/support/portal.py `SEED_RULES`) plus one open health path, so a
 protected location can also be reached anonymously (a `bypass` rule answers 200
 with no identity — the case where a proxy could let a client-sent Remote-User
 through).
 """
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from tests.portal import SEED_RULES, USERS, PortalSetup, login
 from tests.servers.upstream import RecordedRequest, Upstream
+from tests.support.portal import SEED_RULES, USERS, PortalSetup, login
 
 #: Prometheus' health endpoint, open to anyone (monitoring systems poll it).
 OPEN_HEALTH_RULE = {"domain": ["app.example.test"], "resources": [r"^/prometheus/-/healthy(\?|$)"], "policy": "bypass"}
@@ -86,16 +85,6 @@ def logged_in(portal_url: str, user: str) -> requests.Session:
     answer = login(http, portal_url, user)
     assert answer.status_code == 302, answer.text
     return http
-
-
-def basic(user: str, password: str | None = None) -> tuple[str, str]:
-    """(user, password) for `requests`' auth=; the user's real password unless one is given."""
-    return user, USERS[user]["password"] if password is None else password
-
-
-def basic_header(user: str, password: str | None = None) -> str:
-    """The Authorization header value a client sends for HTTP Basic."""
-    return "Basic " + base64.b64encode(":".join(basic(user, password)).encode()).decode()
 
 
 def identity_of(seen: RecordedRequest) -> dict[str, list[str]]:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.forward_auth_flow import (
+from tests.servers import free_port
+from tests.support.forward_auth_flow import (
     BROWSER,
     FORGED_ADDRESS,
     FORGED_IDENTITY,
@@ -30,15 +31,13 @@ from tests.forward_auth_flow import (
     assert_identity,
     assert_no_identity,
     audit_events,
-    basic,
     logged_in,
     portal_behind_proxy,
     rd_of,
     reached,
     smuggled_urls,
 )
-from tests.portal import ServedPortal, login
-from tests.servers import free_port
+from tests.support.portal import ServedPortal, basic, login
 
 __all__ = [
     "app",
