@@ -11,13 +11,16 @@ yet: it is answered ``one_factor`` for that rule ("log in, then we'll know").
 
 This runs for every proxied request, so the rules are compiled once, the rules
 that can apply to a host are computed once per host and cached, and client
-addresses are parsed once and cached.
+addresses are parsed once and cached. ``explain`` (for ``authportal access
+check`` and the rule checks) runs the very same matching, told to note which
+criterion turned each earlier rule down.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from .config import AccessControlConfig, AccessRule
@@ -34,6 +37,19 @@ class Decision:
     policy: str
     rule: int | None
     basic_auth: bool | None
+
+
+#: The criteria a rule can miss on, in the order `decide` tries them (the domain first, through the host index).
+Criterion = Literal["domain", "methods", "networks", "resources", "subject"]
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """``decision`` and, for every rule before the deciding one (all rules for the default policy), the first
+    criterion it did not match, as ``(rule index, criterion)`` in rule order."""
+
+    decision: Decision
+    misses: tuple[tuple[int, Criterion], ...]
 
 
 class _Rule:
@@ -179,28 +195,41 @@ class AccessRules:
         client_ip: str,
         user: str | None,
         groups: frozenset[str],
+        trace: list[tuple[int, Criterion]] | None = None,
     ) -> Decision:
-        """First matching rule's decision; ``path`` is the normalised path (`normalise_path`) plus ``?query``."""
+        """First matching rule's decision; ``path`` is the normalised path (`normalise_path`) plus ``?query``.
+
+        ``trace`` (for `explain` only) receives ``(rule index, criterion)`` for each candidate rule that missed;
+        the verify path passes none, which costs one comparison per missed rule.
+        """
         method = method.upper()
         address: tuple[int, int] | None = None
         for rule in self._rules_for(host):
             if rule.methods is not None and method not in rule.methods:
+                if trace is not None:
+                    trace.append((rule.index, "methods"))
                 continue
             if rule.networks is not None:
                 address = address or self._address(client_ip)
                 if address is None:
+                    if trace is not None:
+                        trace.append((rule.index, "networks"))
                     continue
                 version, value = address
                 for v, net, mask in rule.networks:
                     if v == version and value & mask == net:
                         break
                 else:
+                    if trace is not None:
+                        trace.append((rule.index, "networks"))
                     continue
             if rule.resources:
                 for search in rule.resources:
                     if search(path):
                         break
                 else:
+                    if trace is not None:
+                        trace.append((rule.index, "resources"))
                     continue
             if rule.subjects:
                 if not user:  # anonymous: cannot tell yet, ask for a login
@@ -209,9 +238,28 @@ class AccessRules:
                     if (required_user is None or required_user == user) and required_groups <= groups:
                         break
                 else:
+                    if trace is not None:
+                        trace.append((rule.index, "subject"))
                     continue
             return rule.matched
         return self._default
+
+    def explain(
+        self,
+        host: str,
+        path: str,
+        method: str,
+        client_ip: str,
+        user: str | None,
+        groups: frozenset[str],
+    ) -> Explanation:
+        """`decide`, plus why each earlier rule did not match: the same matching, with a trace."""
+        trace: list[tuple[int, Criterion]] = []
+        decision = self.decide(host, path, method, client_ip, user, groups, trace)
+        applying = {rule.index for rule in self._rules_for(host)}
+        reached = len(self._rules) if decision.rule is None else decision.rule
+        misses = trace + [(i, "domain") for i in range(reached) if i not in applying]
+        return Explanation(decision, tuple(sorted(misses)))
 
     def required_policy(
         self, url: str, method: str, client_ip: str, user: str | None, groups: frozenset[str]

@@ -1,4 +1,4 @@
-"""The `authportal` command: serve, check-config, hash-password, demo, users, totp, tokens, storage."""
+"""The `authportal` command: serve, check-config, hash-password, demo, access, users, totp, tokens, storage."""
 from __future__ import annotations
 
 import sys
@@ -43,7 +43,9 @@ def check_config(config_path: str) -> None:
     except ConfigError as exc:
         report_config_errors(exc)
         sys.exit(EXIT_CONFIG)
-    for warning in config.warnings():
+    from ..access_lint import lint_access_rules
+
+    for warning in [*config.warnings(), *lint_access_rules(config.access_control)]:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{config_path}: configuration is valid")
 
@@ -70,11 +72,13 @@ def demo(directory: str) -> None:
 
 
 def _register_subgroups() -> None:
+    from .access import access
     from .storage import storage
     from .tokens import tokens
     from .totp import totp
     from .users import users
 
+    main.add_command(access)
     main.add_command(users)
     main.add_command(totp)
     main.add_command(tokens)
