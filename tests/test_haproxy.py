@@ -1,6 +1,6 @@
 """examples/haproxy (haproxy.cfg + auth-request.lua) run by the real HAProxy, with the real portal behind it.
 
-One portal and one HAProxy for the module; the app behind HAProxy is the
+One portal and one HAProxy for the class (the contract's stack); the app behind HAProxy is the
 `upstream` stub, which records what reached it. The story: a browser is sent to
 the login page and back, bob gets in with his identity attached, carol does
 not, scripts get 401 or use Basic, nobody can forge Remote-User, and a portal
@@ -9,7 +9,6 @@ HAProxy of that test's own).
 """
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,65 +18,9 @@ import pytest
 import requests
 
 from tests.servers import free_port
-from tests.servers.haproxy import HAProxy
-from tests.servers.process import REPO
-from tests.support.forward_auth_flow import (
-    SCRIPT,
-    reached,
-)
-from tests.support.proxy_contract import *  # noqa: F403 - the tests every proxy example must pass
-
-EXAMPLE = REPO / "examples" / "haproxy"
-
-
-class ExampleHAProxy(HAProxy):
-    """The example haproxy.cfg with auth-request.lua beside it, where `default-path config` looks for it."""
-
-    def prepare(self) -> None:
-        shutil.copy(EXAMPLE / "auth-request.lua", self.dir / "auth-request.lua")
-        super().prepare()
-
-
-@pytest.fixture(scope="module")
-def example_proxy(upstream) -> Callable[[int, str], ExampleHAProxy]:
-    """`example_proxy(listen_port, portal_address)`: the example in front of that portal, not started yet."""
-    app = f"127.0.0.1:{upstream.port}"
-
-    def example(listen_port: int, portal_address: str) -> ExampleHAProxy:
-        return ExampleHAProxy.from_file(
-            EXAMPLE / "haproxy.cfg", LISTEN=f"127.0.0.1:{listen_port}", PORTAL=portal_address,
-            RELAY=f"127.0.0.1:{free_port()}", PROMETHEUS=app, ALERTMANAGER=app, PUBLIC=app,
-        )
-
-    return example
-
-
-@pytest.fixture(scope="module")
-def tag() -> str:
-    return "haproxy"
-
-
-@pytest.fixture(scope="module")
-def haproxy(portal, listen_port, example_proxy) -> Iterator[ExampleHAProxy]:
-    with example_proxy(listen_port, f"127.0.0.1:{portal.setup.port}") as proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def portal_down_status() -> int:
-    """HAProxy's answer when the portal is down: 503 from the example's fail-closed rule."""
-    return 503
-
-
-@pytest.fixture(scope="module")
-def proxy(haproxy):
-    return haproxy
-
-
-def test_unlisted_path_and_unknown_host_are_refused(app, bob, haproxy, upstream):
-    assert bob.get(f"{app}/grafana/?via=haproxy", allow_redirects=False, timeout=5).status_code == 403
-    assert reached(upstream, "/grafana/?via=haproxy") == []
-    assert requests.get(haproxy.url("/prometheus/"), timeout=5).status_code == 404  # Host: 127.0.0.1:port
+from tests.support.forward_auth_flow import SCRIPT, reached
+from tests.support.proxy_contract import ProxyContract
+from tests.support.stacks import HAProxyExample
 
 
 class _HangingPortal(BaseHTTPRequestHandler):
@@ -122,17 +65,39 @@ def hanging_portal() -> Iterator[str]:
         thread.join()
 
 
-def test_hanging_portal_denies_after_the_relay_timeout(upstream, example_proxy, hanging_portal):
-    """A portal that takes the question but never answers: the relay gives up after 1.5 s; deny.
+class TestHAProxy(ProxyContract):
+    tag = "haproxy"
+    portal_down_status = 503  # from the example's fail-closed rule
 
-    The relay's health check keeps passing, so every request waits for the relay's `timeout server`
-    (1.5 s): that is the lower bound. On its own, HAProxy's httpclient would wait 8 s; the 5 s upper
-    bound tells the two apart with the margin a loaded machine needs.
-    """
-    with example_proxy(free_port(), hanging_portal) as proxy:
-        started = time.monotonic()
-        answer = requests.get(proxy.url("/prometheus/?hang=1", host="app.example.test"), headers=SCRIPT, timeout=15)
-        elapsed = time.monotonic() - started
-    assert answer.status_code == 503
-    assert 1.4 < elapsed < 5.0, elapsed
-    assert reached(upstream, "/prometheus/?hang=1") == []
+    @pytest.fixture(scope="class")
+    @classmethod
+    def example_proxy(cls, upstream) -> Callable[[int, str], HAProxyExample]:
+        """`example_proxy(listen_port, portal_address)`: the example in front of that portal, not started yet."""
+        app = f"127.0.0.1:{upstream.port}"
+
+        def example(listen_port: int, portal_address: str) -> HAProxyExample:
+            return HAProxyExample.example(LISTEN=f"127.0.0.1:{listen_port}", PORTAL=portal_address,
+                                          RELAY=f"127.0.0.1:{free_port()}", PROMETHEUS=app, ALERTMANAGER=app,
+                                          PUBLIC=app)
+
+        return example
+
+    def test_unlisted_path_and_unknown_host_are_refused(self, app, bob, proxy, upstream):
+        assert bob.get(f"{app}/grafana/?via=haproxy", allow_redirects=False, timeout=5).status_code == 403
+        assert reached(upstream, "/grafana/?via=haproxy") == []
+        assert requests.get(proxy.url("/prometheus/"), timeout=5).status_code == 404  # Host: 127.0.0.1:port
+
+    def test_hanging_portal_denies_after_the_relay_timeout(self, upstream, example_proxy, hanging_portal):
+        """A portal that takes the question but never answers: the relay gives up after 1.5 s; deny.
+
+        The relay's health check keeps passing, so every request waits for the relay's `timeout server`
+        (1.5 s): that is the lower bound. On its own, HAProxy's httpclient would wait 8 s; the 5 s upper
+        bound tells the two apart with the margin a loaded machine needs.
+        """
+        with example_proxy(free_port(), hanging_portal) as proxy:
+            started = time.monotonic()
+            answer = requests.get(proxy.url("/prometheus/?hang=1", host="app.example.test"), headers=SCRIPT, timeout=15)
+            elapsed = time.monotonic() - started
+        assert answer.status_code == 503
+        assert 1.4 < elapsed < 5.0, elapsed
+        assert reached(upstream, "/prometheus/?hang=1") == []
