@@ -17,14 +17,14 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 import requests
 
 from bench.verify import portal_overrides, session_cookie
 from tests.servers import free_port
 from tests.servers.nginx import Nginx
 from tests.support.portal import PortalSetup, ServedPortal, login, resolve_example_test
+
+REPO = Path(__file__).resolve().parents[1]
 
 LOGINS = 50
 NGINX = """

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-
 import requests
 import yaml_rs
 
@@ -46,6 +44,8 @@ from tests.servers import free_port, port_open, stop_process, wait_until
 from tests.servers.nginx import Nginx
 from tests.servers.redis import RedisServer
 from tests.support.portal import SEED_RULES, USERS, PortalSetup, login, resolve_example_test, users_document
+
+REPO = Path(__file__).resolve().parents[1]
 
 VENV_BIN = Path(sys.executable).parent
 SETPRIV = shutil.which("setpriv")
