@@ -83,7 +83,8 @@ def build_regulator(config: Config) -> Regulator:
     redis = config.session.redis
     if redis is None:
         return Regulator(config.regulation)
-    options: dict[str, object] = {"socket_timeout": redis.timeout, "socket_connect_timeout": redis.timeout}
+    options: dict[str, float | str | bool] = {"socket_timeout": redis.timeout,
+                                             "socket_connect_timeout": redis.timeout}
     if redis.password is not None:
         options["password"] = redis.password.get_secret_value()
     return Regulator(config.regulation, redis.url, **options)

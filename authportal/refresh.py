@@ -77,13 +77,9 @@ class DetailsRefresher:
 
     def _apply(self, session_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
         details = self.provider.get_details(data["user"])
-        if details is None:
-            reason = "user removed or disabled"
-        elif data.get("stamp", details.credential_stamp) != details.credential_stamp:
-            reason = "password changed"  # whoever signed in with the old password is out, like everywhere else
-        else:
-            reason = None
-        if reason is not None:
+        if details is None or data.get("stamp", details.credential_stamp) != details.credential_stamp:
+            # a changed password: whoever signed in with the old one is out, like everywhere else
+            reason = "user removed or disabled" if details is None else "password changed"
             self.sessions.end(session_id)
             audit("session_revoked", user=data["user"], reason=reason)
             return None

@@ -30,7 +30,8 @@ def user_key(username: str) -> str:
 
 
 class Regulator:
-    def __init__(self, config: RegulationConfig, storage_uri: str = "memory://", **storage_options: object):
+    def __init__(self, config: RegulationConfig, storage_uri: str = "memory://",
+                 **storage_options: float | str | bool):
         """`storage_uri` is a `limits` storage (memory:// or the sessions' redis://), options go to its client."""
         self.config = config
         self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri, **storage_options))

@@ -67,6 +67,8 @@ class SecretBox:
                 return
             except StorageConflict:  # another instance sealed one at the same moment: check against it
                 blob = _read_canary(storage)
+                if blob is None:  # and it is gone again: nothing to check against
+                    raise
         try:
             ok = self.open(blob, _CANARY_ASSOCIATED) == _CANARY
         except DecryptionError:

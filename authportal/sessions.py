@@ -153,6 +153,7 @@ class SessionStore:
             return None
         now = self._clock()
         cached = self._cache.get(session_id)
+        data: dict[str, Any] | None
         if cached is not None and now - cached[0] < self.config.cache_ttl:
             data = cached[1]
         else:

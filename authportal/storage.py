@@ -229,14 +229,13 @@ class _Guard:
         except SQLAlchemyError as exc:
             raise _translated(exc) from exc
 
-    def __exit__(self, *exc_info: Any) -> bool:
+    def __exit__(self, *exc_info: Any) -> None:
         try:
             self._ctx.__exit__(*exc_info)
         except SQLAlchemyError as exc:
             raise _translated(exc) from exc
         if exc_info[0] is not None and issubclass(exc_info[0], SQLAlchemyError):
             raise _translated(exc_info[1]) from exc_info[1]
-        return False
 
 
 def _translated(exc: SQLAlchemyError) -> StorageUnavailable:

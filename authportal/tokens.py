@@ -69,14 +69,14 @@ class TokenService:
         scope = tuple(_check_subject(s) for s in scope)
         token = PREFIX + secrets.token_urlsafe(32)
         now = self.clock()
-        values = {
-            "token_hash": hash_token(token), "username": username, "name": name, "scope": ",".join(scope),
-            "created_at": now, "expires_at": None if expires_in is None else now + expires_in,
-        }
+        expires_at = None if expires_in is None else now + expires_in
         with self.storage.begin() as conn:
-            token_id = conn.execute(api_tokens.insert().values(**values)).inserted_primary_key[0]
+            token_id = conn.execute(api_tokens.insert().values(
+                token_hash=hash_token(token), username=username, name=name, scope=",".join(scope),
+                created_at=now, expires_at=expires_at,
+            )).inserted_primary_key[0]
         info = TokenInfo(id=token_id, username=username, name=name, scope=scope, created_at=now,
-                         expires_at=values["expires_at"], last_used_at=None, revoked_at=None)
+                         expires_at=expires_at, last_used_at=None, revoked_at=None)
         return token, info
 
     def list(self, username: str | None = None) -> list[TokenInfo]:

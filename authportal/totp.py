@@ -177,14 +177,14 @@ class TotpService:
         ])
 
     def _matching_step(self, secret: str, device: TotpDevice, code: str) -> int | None:
-        code = _clean_code(code)
-        if code is None or len(code) != device.digits:
+        cleaned = _clean_code(code)
+        if cleaned is None or len(cleaned) != device.digits:
             return None
         otp = pyotp.OTP(secret, digits=device.digits, digest=DIGESTS[device.algorithm])
         now_step = int(self.clock() // device.period)
         skew = self.config.skew
         for step in range(max(now_step - skew, 0), now_step + skew + 1):
-            if hmac.compare_digest(otp.generate_otp(step), code):
+            if hmac.compare_digest(otp.generate_otp(step), cleaned):
                 return step
         return None
 
