@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import re
+import ssl
 import typing
 from contextvars import ContextVar
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -76,6 +78,27 @@ def _listify(value: Any) -> Any:
 
 StrList = Annotated[list[str], BeforeValidator(_listify)]
 
+#: Validation context key: the folder relative paths are taken from (the config file's; else the working directory).
+_CONFIG_FOLDER = "config_folder"
+
+
+def _beside(folder: Path, path: Path) -> Path:
+    """The one rule for every path in the configuration: relative means beside the config file."""
+    return path if path.is_absolute() else folder / path
+
+
+def _config_folder(info: ValidationInfo) -> Path:
+    folder = info.context.get(_CONFIG_FOLDER) if isinstance(info.context, dict) else None
+    return folder if isinstance(folder, Path) else Path.cwd()
+
+
+def _path_beside_the_config(path: Path, info: ValidationInfo) -> Path:
+    return _beside(_config_folder(info), path)
+
+
+#: Every path key has this type (secret `X_file` keys are read by `_read_secret_files`, by the same rule).
+ConfigPath = Annotated[Path, AfterValidator(_path_beside_the_config)]
+
 
 class ConfigError(Exception):
     """All the problems found in a configuration, each `key.path: reason`.
@@ -122,7 +145,8 @@ def _nested_models(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in _nested_models(arg)]
 
 
-def _read_secret_files(raw: Any, model: type[BaseModel], path: str, problems: list[str], failed: set[str]) -> None:
+def _read_secret_files(raw: Any, model: type[BaseModel], path: str, problems: list[str], failed: set[str],
+                       folder: Path) -> None:
     """Replace `X_file: PATH` by `X: <content>` in `raw`, in place; problems name their key path."""
     if not isinstance(raw, dict):
         return
@@ -130,7 +154,7 @@ def _read_secret_files(raw: Any, model: type[BaseModel], path: str, problems: li
         file_key = f"{name}_file"
         if file_key not in raw:
             continue
-        secret_path = Path(str(raw.pop(file_key)))
+        secret_path = _beside(folder, Path(str(raw.pop(file_key))))
         if raw.get(name) not in (None, ""):
             problems.append(f"{path}{file_key}: set either {name} or {file_key}, not both")
             continue
@@ -141,7 +165,7 @@ def _read_secret_files(raw: Any, model: type[BaseModel], path: str, problems: li
             failed.add(f"{path}{name}")
     for field_name, field in model.model_fields.items():
         for nested in _nested_models(field.annotation):
-            _read_secret_files(raw.get(field_name), nested, f"{path}{field_name}.", problems, failed)
+            _read_secret_files(raw.get(field_name), nested, f"{path}{field_name}.", problems, failed, folder)
 
 
 def _host_port(value: str) -> str:
@@ -234,26 +258,151 @@ class PasswordHashConfig(Model):
 
 
 class FileBackendConfig(Model):
-    path: Path
+    path: ConfigPath
     watch: bool = True
     password: PasswordHashConfig = PasswordHashConfig()
 
 
 LdapImplementation = Literal["custom", "openldap", "activedirectory", "freeipa", "rfc2307bis"]
 
+_AD_ACCOUNT_ENABLED = (
+    "(!(userAccountControl:1.2.840.113556.1.4.803:=2))"
+    "(!(pwdLastSet=0))"
+    "(|(!(accountExpires=*))(accountExpires=0)(accountExpires>={date-time:microsoft-nt}))"
+)
+_STANDARD_ATTRIBUTES = {"username_attribute": "uid", "mail_attribute": "mail",
+                        "display_name_attribute": "displayName", "group_name_attribute": "cn"}
+
+#: What each `implementation` fills in for the keys left unset (docs/ldap.md has the table).
+LDAP_PRESETS: dict[str, dict[str, str]] = {
+    "custom": {
+        **_STANDARD_ATTRIBUTES,
+        "users_filter": "(&({username_attribute}={input})(objectClass=person))",
+        "groups_filter": "(|(member={dn})(uniqueMember={dn}))",
+    },
+    "openldap": {
+        **_STANDARD_ATTRIBUTES,
+        "users_filter": "(&({username_attribute}={input})(objectClass=inetOrgPerson))",
+        "groups_filter": (
+            "(|(&(member={dn})(objectClass=groupOfNames))"
+            "(&(uniqueMember={dn})(objectClass=groupOfUniqueNames)))"
+        ),
+    },
+    "activedirectory": {
+        **_STANDARD_ATTRIBUTES,
+        "username_attribute": "sAMAccountName",
+        # Login by sAMAccountName or userPrincipalName; normal user accounts only; enabled, not expired,
+        # no pending password change.
+        "users_filter": (
+            "(&(|({username_attribute}={input})(userPrincipalName={input}))"
+            "(sAMAccountType=805306368)" + _AD_ACCOUNT_ENABLED + ")"
+        ),
+        # LDAP_MATCHING_RULE_IN_CHAIN: every group the user is in, directly or through nested groups.
+        "groups_filter": "(&(member:1.2.840.113556.1.4.1941:={dn})(objectClass=group))",
+    },
+    "freeipa": {
+        **_STANDARD_ATTRIBUTES,
+        "users_filter": (
+            "(&({username_attribute}={input})(objectClass=person)(!(nsAccountLock=TRUE))"
+            "(|(!(krbPrincipalExpiration=*))(krbPrincipalExpiration>={date-time:generalized})))"
+        ),
+        "groups_filter": "(&(member={dn})(objectClass=groupOfNames))",
+        "additional_users_dn": "cn=users,cn=accounts",
+        "additional_groups_dn": "cn=groups,cn=accounts",
+    },
+    "rfc2307bis": {
+        **_STANDARD_ATTRIBUTES,
+        "users_filter": "(&({username_attribute}={input})(|(objectClass=inetOrgPerson)(objectClass=posixAccount)))",
+        "groups_filter": (
+            "(&(|(member={dn})(uniqueMember={dn}))"
+            "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup)))"
+        ),
+    },
+}
+
+
+def _readable(key: str, path: Path) -> None:
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise SiblingProblem(key, f"cannot read {path}: {exc.strerror}") from None
+
 
 class LdapTlsConfig(Model):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    """Checked by loading the files as the provider will, so a wrong path or PEM fails check-config too."""
+
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: Annotated[ConfigPath | None, Field(validate_default=True)] = None
     skip_verify: bool = False
     minimum_version: Literal["TLS1.0", "TLS1.1", "TLS1.2", "TLS1.3"] = "TLS1.2"
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_loads(cls, ca_file: Path | None) -> Path | None:
+        if ca_file is not None:
+            _readable("ca_file", ca_file)
+            try:
+                ssl.create_default_context(cafile=str(ca_file))
+            except ssl.SSLError as exc:
+                raise ValueError(f"{ca_file} holds no PEM certificate ({exc.reason})") from None
+        return ca_file
+
+    @field_validator("key_file")
+    @classmethod
+    def _client_certificate_loads(cls, key_file: Path | None, info: ValidationInfo) -> Path | None:
+        if "cert_file" not in info.data:  # invalid: reported at its key
+            return key_file
+        cert_file = info.data["cert_file"]
+        if cert_file is None:
+            if key_file is not None:
+                raise ValueError("set cert_file too (authentication.ldap.tls.cert_file): a key is no certificate")
+            return key_file
+        _readable("cert_file", cert_file)
+        if key_file is not None:
+            _readable("key_file", key_file)
+        try:  # an empty passphrase: an encrypted key fails here rather than prompting at start-up
+            ssl.create_default_context().load_cert_chain(str(cert_file), str(key_file) if key_file else None, "")
+        except ssl.SSLError as exc:
+            raise SiblingProblem("cert_file", "not a PEM certificate with its unencrypted key (key_file) "
+                                              f"({exc.reason})") from None
+        return key_file
+
+
+def _ldap_urls(urls: list[str]) -> list[str]:
+    if not urls:
+        raise ValueError("at least one URL is required")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ldap", "ldaps"):
+            raise ValueError(f"{url!r} is not an ldap:// or ldaps:// URL")
+        if not parts.hostname:
+            raise ValueError(f"no host in {url!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError(f"bad port in {url!r}") from None
+    return urls
+
+
+def _ldap_attribute(name: str) -> str:
+    # Here, not at the top: the filters module loads ldap3 (~0.1 s), which only an LDAP configuration needs.
+    from .authentication.ldap.filters import check_attribute_name
+
+    return check_attribute_name(name)
+
+
+#: An attribute name, put into filters as it is: checked so that it cannot change a filter.
+LdapAttribute = Annotated[str, AfterValidator(_ldap_attribute)]
+
 
 class LdapConfig(SecretsMixin):
+    """Once validated, complete: the preset filled every attribute and filter left unset, and the filters and
+    TLS files were checked (Authelia's validator does the same), so the provider reads plain values."""
+
     _secret_fields = ("password",)
     implementation: LdapImplementation = "custom"
-    url: StrList
+    url: Annotated[StrList, AfterValidator(_ldap_urls)]
     start_tls: bool = False
     tls: LdapTlsConfig = LdapTlsConfig()
     timeout: Duration = 5.0
@@ -262,24 +411,26 @@ class LdapConfig(SecretsMixin):
     additional_groups_dn: str | None = None
     user: str | None = None
     password: SecretStr | None = Field(default=None, validate_default=True)
-    users_filter: str | None = None
-    groups_filter: str | None = None
-    username_attribute: str | None = None
-    mail_attribute: str | None = None
-    display_name_attribute: str | None = None
-    group_name_attribute: str | None = None
+    # From the preset when unset. The attributes come before the filters, which name them.
+    username_attribute: LdapAttribute
+    mail_attribute: LdapAttribute
+    display_name_attribute: LdapAttribute
+    group_name_attribute: LdapAttribute
+    users_filter: str
+    groups_filter: str
     refresh_interval: Duration = 300.0
     pool_size: int = Field(default=4, ge=1, le=64)
 
-    @field_validator("url")
+    @model_validator(mode="before")
     @classmethod
-    def _check_urls(cls, urls: list[str]) -> list[str]:
-        if not urls:
-            raise ValueError("at least one URL is required")
-        for url in urls:
-            if urlsplit(url).scheme not in ("ldap", "ldaps"):
-                raise ValueError(f"{url!r} is not an ldap:// or ldaps:// URL")
-        return urls
+    def _fill_from_the_preset(cls, data: Any) -> Any:
+        """Keys left unset (or null) take the implementation's values; an unknown implementation is reported
+        at its key, and `custom` stands in so that the other keys are still checked."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("implementation", "custom")
+        preset = LDAP_PRESETS.get(name if isinstance(name, str) else "custom", LDAP_PRESETS["custom"])
+        return {**data, **{key: value for key, value in preset.items() if data.get(key) is None}}
 
     @field_validator("start_tls")
     @classmethod
@@ -294,6 +445,24 @@ class LdapConfig(SecretsMixin):
         if password is None and info.data.get("user"):
             raise ValueError("required (or password_file) when authentication.ldap.user is set")
         return password
+
+    @field_validator("users_filter", "groups_filter")
+    @classmethod
+    def _check_filter(cls, template: str, info: ValidationInfo) -> str:
+        from .authentication.ldap.filters import (
+            ATTRIBUTE_KEYS,
+            GROUPS_FILTER_PLACEHOLDERS,
+            USERS_FILTER_PLACEHOLDERS,
+            check_filter,
+        )
+
+        # A broken attribute name is reported at its own key; a stand-in lets the filter be checked anyway.
+        attributes = {key: info.data.get(key) or "attribute" for key in ATTRIBUTE_KEYS}
+        if info.field_name == "users_filter":
+            check_filter(template, attributes, USERS_FILTER_PLACEHOLDERS, needs_one_of=("input",))
+        else:
+            check_filter(template, attributes, GROUPS_FILTER_PLACEHOLDERS, needs_one_of=("dn", "username", "input"))
+        return template
 
 
 class AuthenticationConfig(Model):
@@ -327,7 +496,7 @@ class TotpConfig(Model):
 
 
 class SqliteConfig(Model):
-    path: Path
+    path: ConfigPath
 
 
 class PostgresConfig(SecretsMixin):
@@ -470,7 +639,7 @@ class LogConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
     #: Audit events as JSON lines in their own file (they also go to the `authportal.audit` logger).
-    audit_file: Path | None = None
+    audit_file: ConfigPath | None = None
 
 
 #: Who may read /metrics unless configured: loopback and private networks, where Prometheus scrapes from.
@@ -551,7 +720,7 @@ def _combination_problems(server: ServerConfig | None, session: SessionConfig | 
     return problems
 
 
-def _valid_alone(model: type[ModelT], raw: dict[str, Any], name: str,
+def _valid_alone(model: type[ModelT], raw: dict[str, Any], name: str, context: dict[str, Any],
                  keys: tuple[str, ...] | None = None) -> ModelT | None:
     """Section `name` of the raw document (only its `keys`, if given) validated by itself, or None if invalid:
     a check between sections still runs when the document has errors elsewhere."""
@@ -561,7 +730,7 @@ def _valid_alone(model: type[ModelT], raw: dict[str, Any], name: str,
     if keys is not None:
         section = {key: value for key, value in section.items() if key in keys}
     try:
-        return model.model_validate(section)
+        return model.model_validate(section, context=context)
     except ValidationError:
         return None
 
@@ -624,24 +793,28 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:
     return problems
 
 
-def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
-    """Validate a decoded YAML document (plus environment overrides)."""
+def parse_config(raw: Any, environ: dict[str, str] | None = None, folder: Path | None = None) -> Config:
+    """Validate a decoded YAML document (plus environment overrides); relative paths are taken from `folder`
+    (the working directory if None), so every path in the result is absolute."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): the configuration must be a mapping of keys"])
+    folder = Path.cwd() if folder is None else folder
+    context = {_CONFIG_FOLDER: folder}
     problems = _apply_env(raw, dict(os.environ) if environ is None else environ)
     unreadable: set[str] = set()
-    _read_secret_files(raw, Config, "", problems, unreadable)
+    _read_secret_files(raw, Config, "", problems, unreadable, folder)
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context=context)
     except ValidationError as exc:
         errors = [e for e in _format_errors(exc) if e.split(":", 1)[0] not in unreadable]
         errors += _combination_problems(
-            _valid_alone(ServerConfig, raw, "server", ("address", "portal_url")),
-            _valid_alone(SessionConfig, raw, "session", ("domain", "cookie_secure")),
+            _valid_alone(ServerConfig, raw, "server", context, ("address", "portal_url")),
+            _valid_alone(SessionConfig, raw, "session", context, ("domain", "cookie_secure")),
         )
-        raise ConfigError(problems + errors, _valid_alone(AuthenticationConfig, raw, "authentication")) from None
+        raise ConfigError(problems + errors, _valid_alone(AuthenticationConfig, raw, "authentication", context)) \
+            from None
     problems += _combination_problems(config.server, config.session)
     if problems:
         raise ConfigError(problems, config.authentication)
@@ -649,7 +822,8 @@ def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
 
 
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
-    """Read, validate and resolve a configuration file; relative paths are taken from its folder."""
+    """Read and validate a configuration file; relative paths are taken from its folder, whatever the
+    working directory (`check-config` run from elsewhere sees the files the server will)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -659,32 +833,4 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         raw = parse_yaml(text)
     except YamlError as exc:
         raise ConfigError([f"{path}: malformed YAML ({exc})"]) from None
-    cwd = os.getcwd()
-    try:
-        os.chdir(path.resolve().parent)  # `*_file` and relative paths resolve beside the config
-        try:
-            config = parse_config(raw, environ)
-        except ConfigError as exc:
-            if exc.authentication is not None:
-                exc.authentication = _absolute_authentication(exc.authentication)
-            raise
-        return _absolute_paths(config)
-    finally:
-        os.chdir(cwd)
-
-
-def _absolute_authentication(auth: AuthenticationConfig) -> AuthenticationConfig:
-    if auth.file is None:
-        return auth
-    return auth.model_copy(update={"file": auth.file.model_copy(update={"path": auth.file.path.resolve()})})
-
-
-def _absolute_paths(config: Config) -> Config:
-    updates: dict[str, Any] = {"authentication": _absolute_authentication(config.authentication)}
-    if config.storage.sqlite is not None:
-        updates["storage"] = config.storage.model_copy(
-            update={"sqlite": SqliteConfig(path=config.storage.sqlite.path.resolve())}
-        )
-    if config.log.audit_file is not None:
-        updates["log"] = config.log.model_copy(update={"audit_file": config.log.audit_file.resolve()})
-    return config.model_copy(update=updates)
+    return parse_config(raw, environ, folder=path.resolve().parent)

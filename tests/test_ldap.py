@@ -1,4 +1,7 @@
-"""LDAP / Active Directory provider against real servers (OpenLDAP slapd, Samba AD DC), plus filter unit tests."""
+"""LDAP / Active Directory provider against real servers (OpenLDAP slapd, Samba AD DC).
+
+What the configuration checks and fills (presets, filters, TLS files) and the filter expansion: test_ldap_config.py.
+"""
 from __future__ import annotations
 
 import logging
@@ -14,13 +17,7 @@ import pytest
 from ldap3.strategy.sync import SyncStrategy
 
 from authportal.authentication import BackendUnavailable, UserDetails
-from authportal.authentication.ldap import (
-    PRESETS,
-    LdapUserProvider,
-    _ad_account_problem,
-    _ad_bind_reason,
-    expand_filter,
-)
+from authportal.authentication.ldap import LdapUserProvider
 from authportal.config import LdapConfig
 from tests.servers import free_port
 from tests.servers.samba_ad import SambaAD
@@ -61,102 +58,6 @@ class BindRecorder:
 
     def user_binds(self, service_dn: str) -> list[str]:
         return [dn for dn in self.binds if dn.lower() != service_dn.lower()]
-
-
-# --------------------------------------------------------------------------- filters (unit)
-
-ATTRS = {"username_attribute": "uid", "mail_attribute": "mail", "display_name_attribute": "displayName",
-         "group_name_attribute": "cn"}
-
-
-@pytest.mark.parametrize(("value", "escaped"), [
-    ("alice", "alice"),
-    ("*", r"\2a"),
-    ("admin*", r"admin\2a"),
-    ("alice)(|(uid=*", r"alice\29\28|\28uid=\2a"),
-    (")(cn=*", r"\29\28cn=\2a"),
-    (r"\2a", r"\5c2a"),
-    ("nul\x00byte", r"nul\00byte"),
-    ("{dn}", "{dn}"),  # a value never becomes a placeholder
-    ("jörg", "jörg"),
-])
-def test_input_is_escaped_per_rfc4515(value, escaped):
-    assert expand_filter("(&({username_attribute}={input})(objectClass=person))", ATTRS, input=value) == \
-        f"(&(uid={escaped})(objectClass=person))"
-
-
-def test_dn_and_username_placeholders_are_escaped():
-    dn = r"cn=Smith\, John (ext),ou=people,dc=example,dc=com"
-    assert expand_filter("(|(member={dn})(memberUid={username}))", ATTRS, dn=dn, username="j*") == \
-        r"(|(member=cn=Smith\5c, John \28ext\29,ou=people,dc=example,dc=com)(memberUid=j\2a))"
-
-
-def test_attribute_and_date_placeholders():
-    now = 1_700_000_000.0
-    out = expand_filter(
-        "({mail_attribute}={input})({display_name_attribute}=x)({group_name_attribute}=y)"
-        "(a>={date-time:microsoft-nt})(b>={date-time:generalized})(c>={date-time:unix})",
-        ATTRS, now=now, input="i")
-    assert out == (f"(mail=i)(displayName=x)(cn=y)(a>={int((now + 11644473600) * 10**7)})"
-                   "(b>=20231114221320Z)(c>=1700000000)")
-
-
-def test_unknown_placeholder_is_an_error():
-    with pytest.raises(ValueError, match="unknown placeholder"):
-        expand_filter("(uid={nope})", ATTRS, input="x")
-
-
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"users_filter": "(uid={nope})"}, "unknown placeholder"),
-    ({"users_filter": "(uid=alice)"}, "must contain {input}"),
-    ({"users_filter": "(uid={input}"}, "not an LDAP filter"),
-    ({"users_filter": "(&(uid={input})(dn={dn}))"}, "unknown placeholder"),
-    ({"groups_filter": "(objectClass=groupOfNames)"}, "groups_filter"),
-    ({"username_attribute": "uid)(x"}, "not an LDAP attribute name"),
-])
-def test_bad_filters_are_refused_at_startup(settings, message):
-    config = LdapConfig(url="ldap://127.0.0.1:1", base_dn="dc=example,dc=com", **settings)
-    with pytest.raises(ValueError, match=message):
-        LdapUserProvider(config)
-
-
-@pytest.mark.parametrize("implementation", sorted(PRESETS))
-def test_presets_fill_every_filter_and_attribute(implementation):
-    p = LdapUserProvider(LdapConfig(url="ldap://127.0.0.1:1", base_dn="dc=example,dc=com",
-                                    implementation=implementation))
-    for value in (p.users_filter, p.groups_filter, p.username_attribute, p.mail_attribute,
-                  p.display_name_attribute, p.group_name_attribute):
-        assert value
-    assert "{input}" in p.users_filter
-    p.close()
-
-
-def test_explicit_settings_win_over_the_preset():
-    p = LdapUserProvider(LdapConfig(url="ldap://127.0.0.1:1", base_dn="dc=example,dc=com",
-                                    implementation="activedirectory", username_attribute="cn",
-                                    groups_filter="(member={dn})", additional_users_dn="ou=staff"))
-    assert p.username_attribute == "cn"
-    assert p.groups_filter == "(member={dn})"
-    assert p.users_base == "ou=staff,dc=example,dc=com"
-    assert "userPrincipalName" in p.users_filter and "805306368" in p.users_filter
-
-
-def test_ad_account_state_reasons():
-    now = time.time()
-    nt_now = int((now + 11644473600) * 10**7)
-    ok = {"userAccountControl": ["512"], "pwdLastSet": ["133000000000000000"], "accountExpires": ["0"],
-          "msDS-User-Account-Control-Computed": ["0"]}
-    assert _ad_account_problem(ok, now) is None
-    assert _ad_account_problem({**ok, "accountExpires": [str(0x7FFFFFFFFFFFFFFF)]}, now) is None
-    assert _ad_account_problem({**ok, "accountExpires": [str(nt_now + 10**9)]}, now) is None
-    assert _ad_account_problem({**ok, "userAccountControl": ["514"]}, now) == "account disabled"
-    assert _ad_account_problem({**ok, "msDS-User-Account-Control-Computed": ["16"]}, now) == "account locked out"
-    assert _ad_account_problem({**ok, "accountExpires": [str(nt_now - 10**7)]}, now) == "account expired"
-    assert _ad_account_problem({**ok, "pwdLastSet": ["0"]}, now) == "password must be changed at next logon"
-    assert _ad_account_problem({**ok, "msDS-User-Account-Control-Computed": ["8388608"]}, now) == "password expired"
-    message = "80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data 533, v1db1"
-    assert _ad_bind_reason(message) == "account disabled"
-    assert _ad_bind_reason("invalid credentials") is None
 
 
 # --------------------------------------------------------------------------- OpenLDAP
@@ -291,11 +192,6 @@ def test_client_certificate_is_presented(slapd):
     finally:
         good.close()
         bad.close()
-
-
-def test_missing_ca_file_is_a_startup_error(slapd, tmp_path):
-    with pytest.raises(ValueError, match="cannot load certificates"):
-        ldap_provider(slapd, url=slapd.ldaps_url, tls={"ca_file": str(tmp_path / "missing.pem")})
 
 
 def test_directory_down_then_back(own_slapd, caplog):
