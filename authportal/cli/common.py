@@ -12,7 +12,7 @@ import click
 from ..config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from ..storage import Storage, StorageUnavailable
 
-#: Exit codes (DESIGN.md): 0 ok, 1 runtime failure, 2 usage or configuration error.
+#: Exit codes, the same for every command: 0 ok, 1 runtime failure, 2 usage or configuration error.
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 

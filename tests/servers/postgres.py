@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL 15 cluster on a free loopback port (see RECIPES.md, PostgreSQL).
+"""A throwaway PostgreSQL 15 cluster on a free loopback port (Debian's binaries, /usr/lib/postgresql/15/bin).
 
 initdb refuses to run as root, so under root the cluster belongs to the
 `postgres` user and lives in its own directory under /dev/shm or /tmp

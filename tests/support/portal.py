@@ -40,7 +40,8 @@ USERS = {
 
 SECRET_KEY = "test-secret-key-" + "0123456789abcdef" * 2
 
-#: The seed layout (context/001): Prometheus and Alertmanager under one host, and on their own subdomains.
+#: The seed layout (examples/nginx/seed-layout.conf, subdomains.conf): Prometheus and Alertmanager under one host,
+#: and on their own subdomains.
 SEED_RULES: list[dict[str, Any]] = [
     {"domain": ["app.example.test"], "resources": ["^/public/"], "policy": "bypass"},
     {"domain": ["app.example.test", "prometheus.example.test"], "resources": ["^/(prometheus/)?api/v1/admin/"],
