@@ -1,6 +1,4 @@
-"""Fixtures for the directory servers: import them into conftest.py.
-
-    from tests.servers.ldap_fixtures import *  # noqa: F401,F403
+"""Fixtures for the directory servers, a plugin that tests/conftest.py names in `pytest_plugins`.
 
 Session-scoped, shared by every test (never stop them, nor change their entries, in a test):
 
@@ -23,9 +21,8 @@ import pytest
 from .samba_ad import SambaAD, provision_template
 from .slapd import SlapdServer
 
-# The functions carry a `_fixture` suffix so that tests taking `slapd` as an argument do not shadow an import;
-# the fixture names are `slapd`, `samba_template` and `samba_ad`.
-__all__ = ["own_samba_ad", "own_slapd", "samba_ad_fixture", "samba_template_fixture", "slapd_fixture"]
+# The functions carry a `_fixture` suffix so that a module importing this one does not shadow a test's
+# `slapd` argument; the fixture names are `slapd`, `samba_template` and `samba_ad`.
 
 
 @pytest.fixture(scope="session", name="slapd")
