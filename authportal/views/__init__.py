@@ -84,6 +84,13 @@ def _secure_cookie_lost_over_http() -> str | None:
     return reason
 
 
+def busy(response: Response) -> Response:
+    """A page answered at once because every password-check slot is taken: 503, try again in a second."""
+    response.status_code = 503
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def admitted(busy_page: Callable[[], Response]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
     """Run a password-checking POST only while request threads stay free for verifies.
 
@@ -98,10 +105,7 @@ def admitted(busy_page: Callable[[], Response]) -> Callable[[Callable[..., Respo
                 return view(*args, **kwargs)
             gate = current_portal().login_gate
             if not gate.acquire(blocking=False):
-                response = busy_page()
-                response.status_code = 503
-                response.headers["Retry-After"] = "1"
-                return response
+                return busy(busy_page())
             try:
                 return view(*args, **kwargs)
             finally:

@@ -9,12 +9,12 @@ from flask import Blueprint, Response, abort, make_response, redirect, render_te
 from markupsafe import Markup
 
 from ..audit import audit
-from ..authentication import BackendUnavailable
 from ..config import parse_duration
+from ..credentials import Busy
 from ..identity import TWO_FACTOR
 from ..storage import StorageUnavailable
-from . import admitted, check_csrf, current_portal, current_session, session_id
-from .errors import BUSY_HEADING, error_page
+from . import busy, check_csrf, current_portal, current_session, session_id
+from .errors import error_page
 from .login import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, required_level, target_url
 
 bp = Blueprint("account", __name__)
@@ -52,7 +52,6 @@ def _why_second_factor() -> dict[str, Any]:
 
 
 @bp.route("/2fa/setup", methods=["GET", "POST"])
-@admitted(lambda: error_page(503, BUSY, heading=BUSY_HEADING))
 def totp_setup() -> Response:
     session = _require_session()
     portal = current_portal()
@@ -95,17 +94,24 @@ def _setup_page(session: dict[str, Any], secret: str, rd: str, error: str | None
 
 
 def _confirm_password(session: dict[str, Any], rd: str) -> Response:
+    """The password again before a second factor is changed: a stolen session alone cannot swap it."""
     portal = current_portal()
+    client_ip = portal.proxies.client_ip(request.environ)
     try:
-        details = portal.provider.check_password(session["user"], request.form.get("password", ""))
-    except BackendUnavailable:
-        return make_response(render_template("reauthenticate.html", rd=rd, session=session, error=UNAVAILABLE), 503)
-    if details is None:
-        audit("reauthentication_failure", user=session["user"], ip=portal.proxies.client_ip(request.environ))
-        return make_response(render_template("reauthenticate.html", rd=rd, session=session,
-                                             error=BAD_CREDENTIALS), 401)
+        attempt = portal.checks.password(portal.checks.reauthentication, session["user"],
+                                         request.form.get("password", ""), client_ip)
+    except Busy:
+        return busy(_reauthenticate_page(session, rd, BUSY, 503))
+    if attempt.result == "backend_error":
+        return _reauthenticate_page(session, rd, UNAVAILABLE, 503)
+    if not attempt.ok:
+        return _reauthenticate_page(session, rd, BAD_CREDENTIALS, 401)
     _save(dict(session, authenticated_at=time.time()))
     return redirect(url_for("account.totp_setup", rd=rd or None))
+
+
+def _reauthenticate_page(session: dict[str, Any], rd: str, error: str, status: int) -> Response:
+    return make_response(render_template("reauthenticate.html", rd=rd, session=session, error=error), status)
 
 
 def _confirm_code(session: dict[str, Any], rd: str) -> Response:

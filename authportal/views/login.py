@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
 
 from ..audit import audit
-from ..authentication import BackendUnavailable
+from ..credentials import Busy
 from ..identity import ONE_FACTOR, TWO_FACTOR, session_fields
 from ..redirects import safe_redirect
 from ..regulation import RegulationUnavailable
@@ -17,6 +17,7 @@ from ..sessions import SessionStoreUnavailable
 from ..storage import StorageUnavailable
 from . import (
     admitted,
+    busy,
     check_csrf,
     clear_session_cookie,
     current_portal,
@@ -101,42 +102,22 @@ def index() -> Response:
 
 
 @bp.post("/login")
-@admitted(lambda: _login_page(BUSY, 503, request.form.get("username", "").strip()))
 def login() -> Response:
     check_csrf()
     portal = current_portal()
-    started = time.perf_counter()
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     remember = bool(request.form.get("remember")) and portal.config.session.remember_me > 0
     client_ip = portal.proxies.client_ip(request.environ)
-    measured = None
     try:
-        if portal.regulator.is_banned(username, client_ip):
-            result, details = "banned", None
-        else:
-            details = portal.provider.check_password(username, password)
-            measured = time.perf_counter() - started
-            result = "success" if details else "bad_credentials"
-            if details is None:
-                for kind in portal.regulator.record_failure(username, client_ip):
-                    portal.metrics.bans.labels(kind).inc()
-            else:
-                portal.regulator.record_success(username)
-    except (BackendUnavailable, RegulationUnavailable) as exc:
-        portal.metrics.logins.labels("backend_error").inc()
-        portal.metrics.backend_failed(exc, portal.config.authentication.backend)
-        audit("login_failure", user=username, ip=client_ip, reason="backend unavailable")
-        portal.first_factor_timer.pad(started, None)
+        attempt = portal.checks.password(portal.checks.form, username, password, client_ip)
+    except Busy:
+        return busy(_login_page(BUSY, 503, username))
+    if attempt.result == "backend_error":
         return _login_page(UNAVAILABLE, 503, username)
-    portal.metrics.logins.labels(result).inc()
+    details = attempt.found
     if details is None:
-        audit("login_failure", user=username, ip=client_ip, reason=result)
-        portal.first_factor_timer.pad(started, measured)
-        portal.metrics.login_latency.observe(time.perf_counter() - started)
         return _login_page(BAD_CREDENTIALS, 401, username)
-    portal.first_factor_timer.pad(started, measured)
-    portal.metrics.login_latency.observe(time.perf_counter() - started)
 
     old = session_id()
     data = dict(session_fields(details), level=ONE_FACTOR, authenticated_at=time.time())
