@@ -391,7 +391,7 @@ def test_headers_a_client_sends_never_reach_the_portal_as_its_own(tmp_path, upst
 # -- the quick start -------------------------------------------------------------------------------------
 
 CLONE_LINKED = ("Makefile", ".venv")
-CLONE_COPIED = ("setup.cfg", "pyproject.toml")
+CLONE_COPIED = ("setup.cfg", "pyproject.toml", "constraints.txt")
 CLONE_NEWNET = 0x40000000
 
 
