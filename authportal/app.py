@@ -1,147 +1,22 @@
-"""The application factory: builds every component from a validated Config and wires them together.
+"""The WSGI application: the verify endpoints to the lean `Verifier`, everything else to Flask.
 
-`create_app(config)` returns a WSGI callable that sends the verify endpoints
-to the lean `Verifier` and everything else (login, logout, pages, health,
-metrics) to Flask.
+`create_app(config)` builds the components (`portal.build_portal`) and the Flask
+app with its views (login, logout, pages, health, metrics), and joins them.
 """
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask
 
-from .authentication import BackendUnavailable, UserProvider
-from .authentication.users_file import UsersFileProvider, open_users_file
-from .authorization import AccessRules
 from .config import Config
-from .credentials import CredentialChecks
-from .health import Readiness
-from .machine_auth import CredentialCache, MachineAuthenticator
-from .metrics import Metrics
-from .passwords import PasswordHasher
-from .proxies import TrustedProxies
-from .refresh import DetailsRefresher
-from .regulation import Regulator
-from .secretbox import SecretBox
-from .sessions import SessionStore, open_session_store
-from .storage import Storage
-from .tokens import TokenService
-from .totp import TotpService
+from .machine_auth import MachineAuthenticator
+from .portal import Portal, build_portal
 from .verify import FORWARD_AUTH_PATH, VERIFY_PATH, Verifier
-
-log = logging.getLogger("authportal")
-
-
-@dataclass
-class Portal:
-    """Every component of a running portal; views reach it as `current_portal()`."""
-
-    config: Config
-    provider: UserProvider
-    storage: Storage
-    sessions: SessionStore
-    rules: AccessRules
-    regulator: Regulator
-    totp: TotpService
-    tokens: TokenService
-    credentials: CredentialCache
-    token_credentials: CredentialCache
-    metrics: Metrics
-    proxies: TrustedProxies
-    refresher: DetailsRefresher
-    #: Admits password checks while at least 2 request threads stay free for verifies.
-    login_gate: threading.BoundedSemaphore
-    #: The one path for every password and token check (bans, timing, metrics, audit).
-    checks: CredentialChecks
-    readiness: Readiness
-    closers: list[Callable[[], None]] = field(default_factory=list)
-
-    def close(self) -> None:
-        for close in reversed(self.closers):
-            close()
-
-
-def build_provider(config: Config) -> UserProvider:
-    auth = config.authentication
-    if auth.backend == "ldap":
-        from .authentication.ldap import LdapUserProvider
-
-        assert auth.ldap is not None
-        return LdapUserProvider(auth.ldap)
-    assert auth.file is not None
-    return open_users_file(auth.file, PasswordHasher(auth.file.password))
-
-
-def build_regulator(config: Config) -> Regulator:
-    """Bans live where sessions live: in Redis when configured (shared by every instance), else in memory."""
-    redis = config.session.redis
-    if redis is None:
-        return Regulator(config.regulation)
-    options: dict[str, float | str | bool] = {"socket_timeout": redis.timeout,
-                                             "socket_connect_timeout": redis.timeout}
-    if redis.password is not None:
-        options["password"] = redis.password.get_secret_value()
-    return Regulator(config.regulation, redis.url, **options)
-
-
-def build_readiness(config: Config, provider: UserProvider, storage: Storage, sessions: SessionStore,
-                    metrics: Metrics) -> Readiness:
-    probes = {"users_file" if config.authentication.backend == "file" else "ldap": provider.health,
-              "storage": storage.health}
-    if config.session.redis is not None:
-        probes["redis"] = sessions.backend.health
-    return Readiness(probes, on_down=lambda name: metrics.backend_errors.labels(name).inc())
-
-
-def build_portal(config: Config) -> Portal:
-    """Open backends, migrate storage, compile rules. Raises BackendUnavailable/StorageUnavailable."""
-    for warning in config.warnings():
-        log.warning("%s", warning)
-    storage = Storage(config.storage)
-    storage.migrate()
-    secret_key = config.secret_key.get_secret_value()
-    box = SecretBox(secret_key)
-    box.verify_key(storage)
-    provider = build_provider(config)
-    sessions = open_session_store(config.session, storage)
-    metrics = Metrics()
-    hits, misses = metrics.cache_lookups.labels("hit"), metrics.cache_lookups.labels("miss")
-
-    def count_lookup(hit: bool) -> None:
-        (hits if hit else misses).inc()
-
-    size = config.authentication.credentials_cache_size
-    credentials = CredentialCache(config.authentication.credentials_cache_ttl, size, on_lookup=count_lookup)
-    token_credentials = CredentialCache(config.session.cache_ttl, size, on_lookup=count_lookup)
-    if isinstance(provider, UsersFileProvider):
-        provider.on_change(credentials.clear)
-        provider.on_change(token_credentials.clear)
-        refresher = DetailsRefresher(provider, sessions, None)
-        provider.on_change(refresher.forget_all)
-    else:
-        assert config.authentication.ldap is not None
-        refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)
-    regulator = build_regulator(config)
-    login_gate = threading.BoundedSemaphore(config.server.threads - 2)
-    portal = Portal(
-        config=config, provider=provider, storage=storage, sessions=sessions,
-        rules=AccessRules(config.access_control),
-        regulator=regulator,
-        totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
-        credentials=credentials, token_credentials=token_credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
-        refresher=refresher, login_gate=login_gate,
-        checks=CredentialChecks(provider, regulator, metrics, login_gate, config.authentication.backend,
-                                config.regulation.minimum_delay),
-        readiness=build_readiness(config, provider, storage, sessions, metrics),
-    )
-    portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
-    return portal
+from .views import register_views
 
 
 class PortalApp:
@@ -180,8 +55,6 @@ def _asset_dir(name: str) -> Path:
 
 
 def create_app(config: Config) -> PortalApp:
-    from .views import register_views
-
     portal = build_portal(config)
     flask_app = Flask(
         "authportal",
@@ -195,4 +68,4 @@ def create_app(config: Config) -> PortalApp:
     return PortalApp(portal, flask_app)
 
 
-__all__ = ["create_app", "build_portal", "Portal", "PortalApp", "BackendUnavailable"]
+__all__ = ["create_app", "PortalApp"]

@@ -14,6 +14,7 @@ import signal
 import tempfile
 
 from .config import CONFIG_PATH_ENV, AuthenticationConfig, Config, ConfigError, load_config
+from .exits import EXIT_CONFIG, EXIT_RUNTIME, report_config_errors
 from .logs import setup_logging
 from .storage import StorageUnavailable
 
@@ -76,8 +77,6 @@ def run(config: Config, config_path: str, workers: int | None = None, threads: i
 
     from .app import create_app
     from .authentication import BackendUnavailable
-    from .cli.common import EXIT_CONFIG, EXIT_RUNTIME, report_config_errors
-    from .config import ConfigError
 
     setup_logging(config.log)
     problems = check_backends(config.authentication)
@@ -106,8 +105,6 @@ def run(config: Config, config_path: str, workers: int | None = None, threads: i
 
 def reload_config(config_path: str) -> bool:
     """SIGHUP: validate the file again; adopt it only if valid. Workers are then respawned by granian."""
-    from .config import ConfigError
-
     counts = _active["reloads"]
     assert isinstance(counts, dict)
     try:

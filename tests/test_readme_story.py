@@ -119,9 +119,17 @@ def command_lines(block: str) -> list[str]:
     return [line.strip() for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+MAKE_VARIABLES = frozenset({"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKE_TERMOUT", "MAKE_TERMERR"})
+
+
 def venv_environment() -> dict[str, str]:
-    """The user's shell after installing: `authportal` on PATH (the venv's), beside make and openssl."""
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    """The user's shell after installing: `authportal` on PATH (the venv's), beside make and openssl.
+
+    Not inside a make: `make test` runs pytest with MAKELEVEL set, and a make started under it prints
+    "Entering directory" lines that a user's shell never shows.
+    """
+    outside_make = {key: value for key, value in os.environ.items() if key not in MAKE_VARIABLES}
+    return dict(outside_make, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
 # -- the layout the README describes, with this machine's addresses -----------------------------------------
@@ -423,7 +431,8 @@ def test_quick_start_serves_the_demo_on_the_url_it_names(tmp_path):
     for name in CLONE_COPIED:
         shutil.copy(REPO / name, tmp_path / name)
         os.utime(tmp_path / name, (built - 1, built - 1))
-    planned = subprocess.run(["make", "-n", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    planned = subprocess.run(["make", "-n", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                             env=venv_environment())
     assert planned.stdout.strip() == ".venv/bin/authportal demo", planned.stdout + planned.stderr
     output = tmp_path / "make-run.log"
     with open(output, "wb") as log:

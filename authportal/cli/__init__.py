@@ -7,7 +7,8 @@ import click
 
 from .. import __version__
 from ..config import ConfigError
-from .common import EXIT_CONFIG, EXIT_RUNTIME, config_option, load_or_exit, read_password, report_config_errors
+from ..exits import EXIT_CONFIG, EXIT_RUNTIME, report_config_errors
+from .common import config_option, load_or_exit, read_password
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -14,7 +14,8 @@ import click
 
 from ..authorization import AccessRules, Criterion, Explanation, normalise_host, normalise_path
 from ..config import AccessRule, Config
-from .common import EXIT_CONFIG, EXIT_RUNTIME, config_option, fail, load_or_exit
+from ..exits import EXIT_CONFIG, EXIT_RUNTIME
+from .common import config_option, fail, load_or_exit
 
 #: The name used for `--groups` without `--user`: no `user:` subject equals it (names hold no control characters).
 _UNNAMED = "\x00"
@@ -121,8 +122,8 @@ def _identity(config: Config, user: str | None, groups: str | None) -> tuple[str
         return f"a user {_groups(given)}", " (--groups, no name)", _UNNAMED, given
     if given is not None:
         return f"{user} {_groups(given)}", " (--groups)", user, given
-    from ..app import build_provider
     from ..authentication import BackendUnavailable
+    from ..portal import build_provider
 
     source = "LDAP" if config.authentication.backend == "ldap" else "the users file"
     try:

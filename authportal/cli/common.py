@@ -10,11 +10,8 @@ from typing import Any
 import click
 
 from ..config import CONFIG_PATH_ENV, Config, ConfigError, load_config
+from ..exits import EXIT_CONFIG, EXIT_RUNTIME, report_config_errors
 from ..storage import Storage, StorageUnavailable
-
-#: Exit codes, the same for every command: 0 ok, 1 runtime failure, 2 usage or configuration error.
-EXIT_RUNTIME = 1
-EXIT_CONFIG = 2
 
 
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,12 +28,6 @@ def load_or_exit(path: str) -> Config:
     except ConfigError as exc:
         report_config_errors(exc)
         sys.exit(EXIT_CONFIG)
-
-
-def report_config_errors(exc: ConfigError) -> None:
-    click.echo(f"configuration error{'s' if len(exc.errors) > 1 else ''}:", err=True)
-    for line in exc.errors:
-        click.echo(f"  {line}", err=True)
 
 
 def read_password(from_stdin: bool) -> str:

@@ -11,8 +11,9 @@ import click
 from ruamel.yaml import YAML
 
 from ..authentication.users_file import USERNAME_PATTERN, UsersFileError, parse_users_file
+from ..exits import EXIT_CONFIG
 from ..passwords import PasswordHasher, UnsupportedHash, check_hash_format
-from .common import EXIT_CONFIG, fail, read_password
+from .common import fail, read_password
 
 file_option = click.option("--file", "-f", "users_file", required=True, type=click.Path(dir_okay=False),
                            help="The users file (Authelia users_database.yml shape).")

@@ -5,17 +5,18 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, abort, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, abort, make_response, redirect, render_template, request, url_for
 from markupsafe import Markup
+from werkzeug.wrappers import Response
 
 from ..audit import audit
 from ..config import parse_duration
 from ..credentials import Busy
 from ..identity import TWO_FACTOR
 from ..storage import StorageUnavailable
-from . import busy, check_csrf, current_portal, current_session, session_id
 from .errors import error_page
-from .login import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, required_level, target_url
+from .flow import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, required_level, target_url
+from .shared import busy, check_csrf, current_portal, current_session, session_id
 
 bp = Blueprint("account", __name__)
 

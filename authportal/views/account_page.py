@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, make_response, render_template
+from flask import make_response, render_template
+from werkzeug.wrappers import Response
 
-from ..app import Portal
+from ..portal import Portal
 from ..storage import StorageUnavailable
-from . import current_portal
+from .shared import current_portal
 
 Facts = dict[str, Any]
 

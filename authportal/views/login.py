@@ -5,60 +5,32 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, g, make_response, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
 
 from ..audit import audit
 from ..credentials import Busy
 from ..identity import ONE_FACTOR, TWO_FACTOR, session_fields
-from ..redirects import safe_redirect
 from ..regulation import RegulationUnavailable
 from ..secretbox import DecryptionError
 from ..sessions import SessionStoreUnavailable
 from ..storage import StorageUnavailable
-from . import (
+from . import notices
+from .account_page import account_page
+from .errors import error_page
+from .flow import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, required_level, target_url
+from .shared import (
     admitted,
     busy,
     check_csrf,
     clear_session_cookie,
     current_portal,
     current_session,
-    notices,
     session_id,
     set_session_cookie,
 )
-from .account_page import account_page
-from .errors import error_page
 
 bp = Blueprint("login", __name__)
-
-BAD_CREDENTIALS = "Incorrect username or password."
-BAD_CODE = "That code was already used or is wrong. Wait for the next code in your app and enter it."
-UNAVAILABLE = "The login service is unavailable right now. Please try again in a moment."
-BUSY = "Many people are signing in right now. Please try again in a second."
-
-
-def target_url() -> str | None:
-    """The validated `rd` of this request (query or form), or None."""
-    config = current_portal().config
-    rd = request.values.get("rd")
-    return safe_redirect(rd, cookie_domain=config.session.domain, portal_url=config.portal_url,
-                         allow_http=not config.session.cookie_secure)
-
-
-def form_rd() -> str:
-    """The `rd` to carry in a form's hidden field: the one received, when it is a safe target; else none."""
-    return request.values.get("rd", "") if target_url() else ""
-
-
-def required_level(url: str | None, session: dict[str, Any]) -> int:
-    """The factor level the target needs for this user (ONE_FACTOR when no target)."""
-    if url is None:
-        return ONE_FACTOR
-    portal = current_portal()
-    policy = portal.rules.required_policy(url, "GET", portal.proxies.client_ip(request.environ),
-                                          session["user"], frozenset(session["groups"]))
-    return TWO_FACTOR if policy == "two_factor" else ONE_FACTOR
-
 
 def _with_rd(endpoint: str, url: str | None) -> str:
     return url_for(endpoint, rd=url) if url else url_for(endpoint)
@@ -169,23 +141,6 @@ def second_factor() -> Response:
     portal.metrics.logins.labels("success").inc()
     audit("login_success", user=user, ip=client_ip, factor="totp")
     return promote_session(session, url)
-
-
-def promote_session(session: dict[str, Any], url: str | None) -> Response:
-    """Raise a session to two factors under a new id (a privilege change gets a fresh id, too)."""
-    portal = current_portal()
-    old = session_id()
-    data = {k: v for k, v in session.items() if k not in ("created", "last_seen", "expires", "remember")}
-    data["level"] = TWO_FACTOR
-    try:
-        if old:
-            portal.sessions.end(old)
-        sid = portal.sessions.create(data, session["remember"])
-    except SessionStoreUnavailable:
-        return error_page(503, UNAVAILABLE)
-    response = redirect(url or url_for("login.index"))
-    set_session_cookie(response, sid, session["remember"])
-    return response
 
 
 @bp.get("/logout")

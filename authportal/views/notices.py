@@ -10,9 +10,10 @@ without JavaScript.
 """
 from __future__ import annotations
 
-from flask import Flask, Response, g, request
+from flask import Flask, g, request
+from werkzeug.wrappers import Response
 
-from . import current_portal
+from .shared import current_portal
 
 MESSAGES = {"signed_out": "You have been signed out."}
 LIFETIME = 120  # seconds

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, abort, jsonify, request
+from werkzeug.wrappers import Response
 
-from . import current_portal
+from .shared import current_portal
 
 bp = Blueprint("ops", __name__)
 
@@ -13,7 +14,9 @@ bp = Blueprint("ops", __name__)
 @bp.get("/api/health")
 def health() -> Response:
     report = current_portal().readiness.report()
-    return jsonify(report), 200 if report["status"] == "ok" else 503
+    response = jsonify(report)
+    response.status_code = 200 if report["status"] == "ok" else 503
+    return response
 
 
 @bp.get("/api/health/live")

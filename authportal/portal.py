@@ -1,0 +1,138 @@
+"""The composition root: every component of a running portal, built from a validated Config.
+
+Views reach the result as `current_portal()`, the verify path gets the pieces it
+needs from `app.PortalApp`; nothing here imports a view, so the import direction
+is one way: views -> portal -> components.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .authentication import UserProvider
+from .authentication.users_file import UsersFileProvider, open_users_file
+from .authorization import AccessRules
+from .config import Config
+from .credentials import CredentialChecks
+from .health import Readiness
+from .machine_auth import CredentialCache
+from .metrics import Metrics
+from .passwords import PasswordHasher
+from .proxies import TrustedProxies
+from .refresh import DetailsRefresher
+from .regulation import Regulator
+from .secretbox import SecretBox
+from .sessions import SessionStore, open_session_store
+from .storage import Storage
+from .tokens import TokenService
+from .totp import TotpService
+
+log = logging.getLogger("authportal")
+
+
+@dataclass
+class Portal:
+    """Every component of a running portal; views reach it as `current_portal()`."""
+
+    config: Config
+    provider: UserProvider
+    storage: Storage
+    sessions: SessionStore
+    rules: AccessRules
+    regulator: Regulator
+    totp: TotpService
+    tokens: TokenService
+    credentials: CredentialCache
+    token_credentials: CredentialCache
+    metrics: Metrics
+    proxies: TrustedProxies
+    refresher: DetailsRefresher
+    #: Admits password checks while at least 2 request threads stay free for verifies.
+    login_gate: threading.BoundedSemaphore
+    #: The one path for every password and token check (bans, timing, metrics, audit).
+    checks: CredentialChecks
+    readiness: Readiness
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+
+
+def build_provider(config: Config) -> UserProvider:
+    auth = config.authentication
+    if auth.backend == "ldap":
+        from .authentication.ldap import LdapUserProvider
+
+        assert auth.ldap is not None
+        return LdapUserProvider(auth.ldap)
+    assert auth.file is not None
+    return open_users_file(auth.file, PasswordHasher(auth.file.password))
+
+
+def build_regulator(config: Config) -> Regulator:
+    """Bans live where sessions live: in Redis when configured (shared by every instance), else in memory."""
+    redis = config.session.redis
+    if redis is None:
+        return Regulator(config.regulation)
+    options: dict[str, float | str | bool] = {"socket_timeout": redis.timeout,
+                                             "socket_connect_timeout": redis.timeout}
+    if redis.password is not None:
+        options["password"] = redis.password.get_secret_value()
+    return Regulator(config.regulation, redis.url, **options)
+
+
+def build_readiness(config: Config, provider: UserProvider, storage: Storage, sessions: SessionStore,
+                    metrics: Metrics) -> Readiness:
+    probes = {"users_file" if config.authentication.backend == "file" else "ldap": provider.health,
+              "storage": storage.health}
+    if config.session.redis is not None:
+        probes["redis"] = sessions.backend.health
+    return Readiness(probes, on_down=lambda name: metrics.backend_errors.labels(name).inc())
+
+
+def build_portal(config: Config) -> Portal:
+    """Open backends, migrate storage, compile rules. Raises BackendUnavailable/StorageUnavailable."""
+    for warning in config.warnings():
+        log.warning("%s", warning)
+    storage = Storage(config.storage)
+    storage.migrate()
+    secret_key = config.secret_key.get_secret_value()
+    box = SecretBox(secret_key)
+    box.verify_key(storage)
+    provider = build_provider(config)
+    sessions = open_session_store(config.session, storage)
+    metrics = Metrics()
+    hits, misses = metrics.cache_lookups.labels("hit"), metrics.cache_lookups.labels("miss")
+
+    def count_lookup(hit: bool) -> None:
+        (hits if hit else misses).inc()
+
+    size = config.authentication.credentials_cache_size
+    credentials = CredentialCache(config.authentication.credentials_cache_ttl, size, on_lookup=count_lookup)
+    token_credentials = CredentialCache(config.session.cache_ttl, size, on_lookup=count_lookup)
+    if isinstance(provider, UsersFileProvider):
+        provider.on_change(credentials.clear)
+        provider.on_change(token_credentials.clear)
+        refresher = DetailsRefresher(provider, sessions, None)
+        provider.on_change(refresher.forget_all)
+    else:
+        assert config.authentication.ldap is not None
+        refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)
+    regulator = build_regulator(config)
+    login_gate = threading.BoundedSemaphore(config.server.threads - 2)
+    portal = Portal(
+        config=config, provider=provider, storage=storage, sessions=sessions,
+        rules=AccessRules(config.access_control),
+        regulator=regulator,
+        totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
+        credentials=credentials, token_credentials=token_credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
+        refresher=refresher, login_gate=login_gate,
+        checks=CredentialChecks(provider, regulator, metrics, login_gate, config.authentication.backend,
+                                config.regulation.minimum_delay),
+        readiness=build_readiness(config, provider, storage, sessions, metrics),
+    )
+    portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
+    return portal

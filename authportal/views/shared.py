@@ -1,0 +1,160 @@
+"""What every view shares: the current portal and session, the session cookie, CSRF tokens
+and the security headers every page carries."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from flask import abort, current_app, g, request
+from werkzeug.wrappers import Response
+
+from ..logs import RateLimitedLog
+from ..portal import Portal
+from ..sessions import SessionStoreUnavailable
+
+log = logging.getLogger("authportal.http")
+
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self' https: http:; "
+       "frame-ancestors 'none'; base-uri 'none'")
+
+
+def current_portal() -> Portal:
+    return current_app.extensions["authportal"]
+
+
+def csrf_cookie_name() -> str:
+    # __Host- cookies cannot be set by a sibling subdomain (cookie tossing), but require Secure.
+    return "__Host-authportal_csrf" if current_portal().config.session.cookie_secure else "authportal_csrf"
+
+
+def csrf_token() -> str:
+    """The form token for this browser: an HMAC of its random CSRF cookie (set on first use)."""
+    seed = request.cookies.get(csrf_cookie_name(), "")
+    if len(seed) != 43:
+        seed = g.get("new_csrf_seed") or secrets.token_urlsafe(32)
+        g.new_csrf_seed = seed
+    return _csrf_for(seed)
+
+
+def _csrf_for(seed: str) -> str:
+    key = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(key, b"csrf:" + seed.encode(), hashlib.sha256).hexdigest()
+
+
+def check_csrf() -> None:
+    seed = request.cookies.get(csrf_cookie_name(), "")
+    sent = request.form.get("csrf_token", "")
+    # bytes: compare_digest raises on non-ASCII text, and a form field may hold anything
+    if len(seed) != 43 or not hmac.compare_digest(sent.encode(), _csrf_for(seed).encode()):
+        over_http = None if seed else _secure_cookie_lost_over_http()
+        abort(400, description=f"This form cannot work here: {over_http}." if over_http else
+              "The form expired or was not sent by this site. Reload the page and try again.")
+
+
+def _secure_cookie_lost_over_http() -> str | None:
+    """Why the form's cookie did not come back, when the reason is that this request came over http.
+
+    With session.cookie_secure the cookie is Secure, and a browser never sends it back over http: behind a
+    plain-http proxy every form fails and reloading never helps. The page says so, and the log too, at most
+    once a minute (each failed form would otherwise log the same line).
+    """
+    portal = current_portal()
+    if not portal.config.session.cookie_secure or portal.proxies.scheme(request.environ) != "http":
+        return None
+    portal_url = portal.config.portal_url
+    if portal_url.startswith("https://"):
+        problem = f"the portal URL is https ({portal_url}) but this request came over http"
+        fix = ("serve the portal over https (a proxy that terminates TLS must send X-Forwarded-Proto: https), "
+               "or for a plain-http trial set server.portal_url to http://… and session.cookie_secure: false")
+    else:
+        problem = "session.cookie_secure is true but this request came over http"
+        fix = "serve the portal over https, or for a plain-http trial set session.cookie_secure: false"
+    reason = (f"{problem}: the browser does not send back the Secure cookie the form needs, "
+              f"so reloading does not help; {fix}")
+    once_a_minute = current_app.extensions.get("authportal.csrf_log") or current_app.extensions.setdefault(
+        "authportal.csrf_log", RateLimitedLog(log, interval=60.0))
+    once_a_minute.warning("secure_cookie_over_http", "%s %s refused: %s", request.method, request.path, reason)
+    return reason
+
+
+def busy(response: Response) -> Response:
+    """A page answered at once because every password-check slot is taken: 503, try again in a second."""
+    response.status_code = 503
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def admitted(busy_page: Callable[[], Response]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Run a password-checking POST only while request threads stay free for verifies.
+
+    Beyond that the answer comes at once: `busy_page()` (the same form again, with a message) as a 503 with
+    `Retry-After`, so the thread goes back to the verifies instead of waiting for a slot. GETs are not gated.
+    """
+
+    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def gated(*args: Any, **kwargs: Any) -> Response:
+            if request.method != "POST":
+                return view(*args, **kwargs)
+            gate = current_portal().login_gate
+            if not gate.acquire(blocking=False):
+                return busy(busy_page())
+            try:
+                return view(*args, **kwargs)
+            finally:
+                gate.release()
+
+        return gated
+
+    return decorate
+
+
+def session_id() -> str | None:
+    return request.cookies.get(current_portal().config.session.cookie_name)
+
+
+def current_session() -> dict[str, Any] | None:
+    """The logged-in session (cached per request); None when anonymous or the store is down."""
+    if "session" not in g:
+        portal = current_portal()
+        sid = session_id()
+        try:
+            data = portal.sessions.get(sid)
+            g.session = portal.refresher(sid, data) if data and sid else None
+        except SessionStoreUnavailable:
+            g.session = None
+            g.store_down = True
+    return g.session
+
+
+def set_session_cookie(response: Response, sid: str, remember: bool) -> None:
+    config = current_portal().config.session
+    response.set_cookie(
+        config.cookie_name, sid, max_age=int(config.remember_me) if remember else None, path="/",
+        domain=config.domain, secure=config.cookie_secure, httponly=True, samesite="Lax",
+    )
+
+
+def clear_session_cookie(response: Response) -> None:
+    config = current_portal().config.session
+    response.delete_cookie(config.cookie_name, path="/", domain=config.domain, secure=config.cookie_secure,
+                           httponly=True, samesite="Lax")
+
+
+def security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if request.endpoint != "static":
+        response.headers["Cache-Control"] = "no-store"
+    seed = g.get("new_csrf_seed")
+    if seed:
+        response.set_cookie(csrf_cookie_name(), seed, path="/", secure=current_portal().config.session.cookie_secure,
+                            httponly=True, samesite="Lax")
+    return response
