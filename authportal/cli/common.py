@@ -5,7 +5,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -47,7 +47,7 @@ def read_password(from_stdin: bool) -> str:
     return password
 
 
-def fail(message: str, code: int = EXIT_RUNTIME) -> None:
+def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 

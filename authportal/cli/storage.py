@@ -5,12 +5,17 @@ maintenance window, a backup just before) and `status` for looking first.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 
 from ..config import Config
 from ..migrations import SchemaState, describe, latest
 from ..storage import Storage, StorageUnavailable, engine_url
 from .common import config_option, fail, load_or_exit
+
+T = TypeVar("T")
 
 
 @click.group(help="The storage database's schema: its revision, and applying pending ones.")
@@ -24,13 +29,7 @@ def storage() -> None:
 @config_option
 def migrate(config_path: str) -> None:
     config = load_or_exit(config_path)
-    store = Storage(config.storage)
-    try:
-        before, after = store.migrate()
-    except StorageUnavailable as exc:
-        fail(f"storage: {exc}")
-    finally:
-        store.close()
+    before, after = _with_storage(config, Storage.migrate)
     click.echo(f"database: {_where(config)}")
     if not before.pending:
         click.echo(f"already at the latest revision, {describe(after.current)}")
@@ -55,19 +54,24 @@ def status(config_path: str) -> None:
         click.echo("current revision: none (the file does not exist yet)")
         _report(SchemaState(None, latest(), None))
         return
-    store = Storage(config.storage)
-    try:
-        state = store.schema_state()
-    except StorageUnavailable as exc:
-        fail(f"storage: {exc}")
-    finally:
-        store.close()
+    state = _with_storage(config, Storage.schema_state)
     if state.legacy_version is not None:
         click.echo(f"current revision: none recorded (made before schema revisions: schema_version "
                    f"{state.legacy_version})")
     else:
         click.echo(f"current revision: {describe(state.current)}")
     _report(state)
+
+
+def _with_storage(config: Config, use: Callable[[Storage], T]) -> T:
+    """`use` on the configured database, closed afterwards; exit 1 with the reason when it cannot answer."""
+    store = Storage(config.storage)
+    try:
+        return use(store)
+    except StorageUnavailable as exc:
+        fail(f"storage: {exc}")
+    finally:
+        store.close()
 
 
 def _report(state: SchemaState) -> None:
