@@ -100,6 +100,10 @@ def _path_beside_the_config(path: Path, info: ValidationInfo) -> Path:
 ConfigPath = Annotated[Path, AfterValidator(_path_beside_the_config)]
 
 
+#: A DNS name in lower case, without a trailing dot.
+DOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*")
+
+
 class ConfigError(Exception):
     """All the problems found in a configuration, each `key.path: reason`.
 
@@ -242,7 +246,7 @@ class SessionConfig(Model):
         if value is None:
             return None
         value = value.strip().lstrip(".").lower()
-        if not re.fullmatch(r"[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*", value):
+        if not DOMAIN_RE.fullmatch(value):
             raise ValueError(f"not a DNS domain: {value!r}")
         return value
 
@@ -495,6 +499,31 @@ class TotpConfig(Model):
     reauthentication: Duration = 300.0
 
 
+class WebAuthnConfig(Model):
+    """Security keys and passkeys (names as Authelia's `webauthn:` section)."""
+
+    enable: bool = True
+    #: The name authenticators show for this portal ("Sign in to …").
+    display_name: str = Field(default="authportal", min_length=1, max_length=64)
+    #: The relying party ID: a key works on this domain and its subdomains. Default: session.domain, else
+    #: the portal's host.
+    rp_id: str | None = None
+    user_verification: Literal["preferred", "required", "discouraged"] = "preferred"
+    timeout: Duration = Field(default=60.0, ge=10, le=600)
+    #: "Sign in with a passkey" on the login page (discoverable credentials, no username typed).
+    passkey_login: bool = False
+
+    @field_validator("rp_id")
+    @classmethod
+    def _check_rp_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.lower().strip(".")
+        if not DOMAIN_RE.fullmatch(value) or value.rpartition(".")[2].isdigit():
+            raise ValueError(f"{value!r} is not a domain name (a security key is bound to a name, never an address)")
+        return value
+
+
 class SqliteConfig(Model):
     path: ConfigPath
 
@@ -662,6 +691,7 @@ class Config(SecretsMixin):
     session: SessionConfig = SessionConfig()
     authentication: AuthenticationConfig
     totp: TotpConfig = TotpConfig()
+    webauthn: WebAuthnConfig = WebAuthnConfig()
     storage: StorageConfig
     regulation: RegulationConfig = RegulationConfig()
     access_control: AccessControlConfig = AccessControlConfig()
@@ -678,6 +708,24 @@ class Config(SecretsMixin):
     @property
     def portal_url(self) -> str:
         return _portal_url(self.server)
+
+    @property
+    def webauthn_rp_id(self) -> str:
+        """The relying party ID security keys are bound to: webauthn.rp_id, else session.domain, else the portal host."""
+        return self.webauthn.rp_id or self.session.domain or _portal_host(self.server)
+
+    @property
+    def webauthn_unavailable(self) -> str | None:
+        """Why browsers would refuse security keys for this portal (None: they can be used)."""
+        if not self.webauthn.enable:
+            return "webauthn.enable is false"
+        url = urlsplit(self.portal_url)
+        host = url.hostname or ""
+        if host.rpartition(".")[2].isdigit() or ":" in host:
+            return f"the portal is reached by an address ({host}, server.portal_url): keys need a host name"
+        if url.scheme != "https" and host != "localhost":
+            return "the portal is not on https (server.portal_url): browsers offer keys only to secure sites"
+        return None
 
     def warnings(self) -> list[str]:
         """Legal but risky settings, logged loudly at every start."""
@@ -701,15 +749,29 @@ def _portal_url(server: ServerConfig) -> str:
     return server.portal_url or f"http://{server.address}"
 
 
-def _combination_problems(server: ServerConfig | None, session: SessionConfig | None) -> list[str]:
-    """Checks between sections (run by parse_config): the session cookie must reach the portal."""
+def _portal_host(server: ServerConfig) -> str:
+    return (urlsplit(_portal_url(server)).hostname or "").lower()
+
+
+def _covers(domain: str, host: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def _combination_problems(server: ServerConfig | None, session: SessionConfig | None,
+                          webauthn: WebAuthnConfig | None) -> list[str]:
+    """Checks between sections (run by parse_config): the session cookie must reach the portal, and the
+    security keys' relying party must be the portal's domain."""
     if server is None or session is None:  # what they read is invalid, and reported as such
         return []
     problems = []
     portal_url = _portal_url(server)
-    host = (urlsplit(portal_url).hostname or "").lower()
+    host = _portal_host(server)
     domain = session.domain
-    if domain and host != domain and not host.endswith("." + domain):
+    rp_id = webauthn.rp_id if webauthn is not None else None
+    if rp_id and not _covers(rp_id, host):
+        problems.append(f"webauthn.rp_id: {rp_id!r} does not cover the portal host {host!r} (server.portal_url): "
+                        "browsers refuse a key for a domain the page is not on")
+    if domain and not _covers(domain, host):
         problems.append(f"session.domain: {domain!r} does not cover the portal host {host!r} (server.portal_url): "
                         "the session cookie would never reach the portal")
     if portal_url.startswith("http://") and session.cookie_secure and host not in ("127.0.0.1", "localhost", "::1"):
@@ -812,10 +874,11 @@ def parse_config(raw: Any, environ: dict[str, str] | None = None, folder: Path |
         errors += _combination_problems(
             _valid_alone(ServerConfig, raw, "server", context, ("address", "portal_url")),
             _valid_alone(SessionConfig, raw, "session", context, ("domain", "cookie_secure")),
+            _valid_alone(WebAuthnConfig, raw, "webauthn", context, ("rp_id",)),
         )
         raise ConfigError(problems + errors, _valid_alone(AuthenticationConfig, raw, "authentication", context)) \
             from None
-    problems += _combination_problems(config.server, config.session)
+    problems += _combination_problems(config.server, config.session, config.webauthn)
     if problems:
         raise ConfigError(problems, config.authentication)
     return config

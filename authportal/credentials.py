@@ -1,8 +1,8 @@
 """One path for every credential check: ban check, the check, the attempt recorded, its time evened out.
 
 Every place that takes a password (the login form, HTTP Basic on the verify path, the re-authentication
-before a second factor is changed, and the ones to come) calls `CredentialChecks.password`, and API tokens
-`CredentialChecks.token`; nothing else calls the user provider's `check_password` (a test reads the source
+before a second factor is changed, and the ones to come) calls `CredentialChecks.password`, API tokens
+`CredentialChecks.token` and security keys `CredentialChecks.key`; nothing else calls the user provider's `check_password` (a test reads the source
 to hold that). The sequence is Authelia's first-factor handler's: a banned user or address is refused
 without a check; a failure counts towards a ban; every attempt is counted and audited; and a refusal takes
 about as long as a success, so the answer's time does not tell which accounts exist.
@@ -37,6 +37,15 @@ BASIC_PADDING_CAP = 0.25
 
 class Busy(Exception):
     """Every password-check slot is taken (a login burst): refuse now rather than hold a request thread."""
+
+
+class Refused(Exception):
+    """A check's refusal with its reason (`reason`: a short label for audit and metrics; `message`: for people)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class CheckTimer:
@@ -91,6 +100,8 @@ class Attempt(Generic[T]):
 
     result: str
     found: T | None = None
+    #: Why a check refused, when it said (`Refused`), for the person and the audit log.
+    refusal: Refused | None = None
 
     @property
     def ok(self) -> bool:
@@ -111,6 +122,9 @@ class CredentialChecks:
         self.reauthentication = EntryPoint("reauthentication", "reauthentication_failure", False, people)
         self.basic = EntryPoint("basic", "login_failure", False, CheckTimer(0.0, cap=BASIC_PADDING_CAP))
         self.api_token = EntryPoint("token", "login_failure", False, None)
+        # A key's signature is checked in constant time by its library; its ids are random: nothing to pad.
+        self.security_key = EntryPoint("security_key", "second_factor_failure", True, None)
+        self.passkey = EntryPoint("passkey", "login_failure", True, None)
 
     def password(self, entry: EntryPoint, username: str, password: str, client_ip: str) -> Attempt[UserDetails]:
         """Check a user's password at `entry`. Raises Busy when no check slot is free."""
@@ -119,6 +133,12 @@ class CredentialChecks:
     def token(self, client_ip: str, check: Callable[[], T | None]) -> Attempt[T]:
         """Run an API token `check` (None: refused); only the client address counts towards a ban."""
         return self._regulated(self.api_token, None, client_ip, check)
+
+    def key(self, entry: EntryPoint, username: str | None, client_ip: str, check: Callable[[], T]) -> Attempt[T]:
+        """Run a security-key `check` for `username` (None: a passkey nobody owns); it raises Refused to refuse."""
+        attempt = self._regulated(entry, username, client_ip, check)
+        self.metrics.webauthn.labels(entry.name, attempt.result).inc()
+        return attempt
 
     def _regulated(self, entry: EntryPoint, username: str | None, client_ip: str,
                    check: Callable[[], T | None]) -> Attempt[T]:
@@ -139,10 +159,13 @@ class CredentialChecks:
         try:
             if self.regulator.is_banned(username, client_ip):
                 return Attempt("banned")
-            found = check()
+            try:
+                found = check()
+            except Refused as refusal:
+                self._failed(username, client_ip)
+                return Attempt("bad_credentials", refusal=refusal)
             if found is None:
-                for kind in self.regulator.record_failure(username, client_ip):
-                    self.metrics.bans.labels(kind).inc()
+                self._failed(username, client_ip)
                 return Attempt("bad_credentials")
             if entry.timer is not None:
                 entry.timer.learn(time.perf_counter() - started)
@@ -154,6 +177,10 @@ class CredentialChecks:
             self.metrics.backend_failed(exc, self.backend)
             return Attempt("backend_error")
 
+    def _failed(self, username: str | None, client_ip: str) -> None:
+        for kind in self.regulator.record_failure(username, client_ip):
+            self.metrics.bans.labels(kind).inc()
+
     def _count(self, entry: EntryPoint, username: str | None, client_ip: str, attempt: Attempt[T],
                started: float) -> None:
         if attempt.ok and not entry.success_is_login:
@@ -163,4 +190,6 @@ class CredentialChecks:
             self.metrics.login_latency.observe(time.perf_counter() - started)
         if not attempt.ok:
             reason = "backend unavailable" if attempt.result == "backend_error" else attempt.result
+            if attempt.refusal is not None:
+                reason = attempt.refusal.reason
             audit(entry.failure_event, user=username, ip=client_ip, reason=reason, via=entry.name)

@@ -32,6 +32,8 @@ class Metrics:
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.backend_errors = Counter("authportal_backend_errors", "Failures talking to a backend",
                                       ["backend"], registry=r)
+        self.webauthn = Counter("authportal_webauthn", "Security-key and passkey sign-ins by use and result",
+                                ["use", "result"], registry=r)
         self.bans = Counter("authportal_bans", "Bans imposed by regulation", ["kind"], registry=r)
         self.cache_lookups = Counter("authportal_credentials_cache_lookups",
                                      "Basic/token credential cache lookups", ["result"], registry=r)
@@ -41,6 +43,9 @@ class Metrics:
         # Series exist from the start (at 0), so increase() sees the first event after a restart.
         for result in LOGIN_RESULTS:
             self.logins.labels(result)
+        for use in ("security_key", "passkey"):
+            for result in ("success", "bad_credentials", "banned", "backend_error"):
+                self.webauthn.labels(use, result)
         for kind in ("user", "ip"):
             self.bans.labels(kind)
         for backend in ("users_file", "ldap", "redis", "storage"):

@@ -24,6 +24,7 @@ from .proxies import TrustedProxies
 from .refresh import DetailsRefresher
 from .regulation import Regulator
 from .secretbox import SecretBox
+from .security_keys import SecurityKeys
 from .sessions import SessionStore, open_session_store
 from .storage import Storage
 from .tokens import TokenService
@@ -44,6 +45,7 @@ class Portal:
     regulator: Regulator
     totp: TotpService
     tokens: TokenService
+    keys: SecurityKeys
     credentials: CredentialCache
     token_credentials: CredentialCache
     metrics: Metrics
@@ -128,6 +130,7 @@ def build_portal(config: Config) -> Portal:
         rules=AccessRules(config.access_control),
         regulator=regulator,
         totp=TotpService(storage, config.totp, box), tokens=TokenService(storage),
+        keys=SecurityKeys(storage, config),
         credentials=credentials, token_credentials=token_credentials, metrics=metrics, proxies=TrustedProxies(config.server.trusted_proxies),
         refresher=refresher, login_gate=login_gate,
         checks=CredentialChecks(provider, regulator, metrics, login_gate, config.authentication.backend,

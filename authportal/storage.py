@@ -79,6 +79,48 @@ api_tokens = sa.Table(
     sa.Column("revoked_at", sa.Float),
 )
 
+#: Security keys and passkeys: the public key only. `user_handle` is the random id the key holds for its
+#: user (never the username); `cloned_at` is set when the signature counter went backwards.
+webauthn_credentials = sa.Table(
+    "webauthn_credentials",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(256), nullable=False, index=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("credential_id", sa.String(1400), nullable=False, unique=True),  # base64url, at most 1023 bytes
+    sa.Column("public_key", sa.LargeBinary, nullable=False),  # COSE
+    sa.Column("sign_count", sa.BigInteger, nullable=False),
+    sa.Column("user_handle", sa.String(64), nullable=False),
+    sa.Column("discoverable", sa.Boolean, nullable=False),
+    sa.Column("transports", sa.String(128), nullable=False),  # comma-separated
+    sa.Column("aaguid", sa.String(36), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float),
+    sa.Column("cloned_at", sa.Float),
+    sa.UniqueConstraint("username", "name", name="uq_webauthn_credentials_username_name"),
+)
+
+#: One random user handle per user, the same in every key they register.
+webauthn_users = sa.Table(
+    "webauthn_users",
+    metadata,
+    sa.Column("username", sa.String(256), primary_key=True),
+    sa.Column("user_handle", sa.String(64), nullable=False, unique=True),
+)
+
+#: Challenges of ceremonies in progress, single-use: taken by a DELETE. `id` is the SHA-256 of the ceremony
+#: id the browser holds; `session` the SHA-256 of the session that started it (None: a passkey sign-in).
+webauthn_ceremonies = sa.Table(
+    "webauthn_ceremonies",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("purpose", sa.String(16), nullable=False),
+    sa.Column("username", sa.String(256)),
+    sa.Column("session", sa.String(64)),
+    sa.Column("challenge", sa.LargeBinary, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
 
 class StorageUnavailable(Exception):
     """The database cannot answer; callers deny."""

@@ -1,7 +1,7 @@
 """Every place that takes a password goes through one path: it bans, evens out its time and audits.
 
 The entry points: the login form, HTTP Basic on the verify path, and the password asked again before a
-second factor is set up. A new entry point must join `CredentialChecks`; the source test below fails when
+second factor is set up (an authenticator app or a security key). A new entry point must join `CredentialChecks`; the source test below fails when
 code calls a provider's `check_password` anywhere else.
 """
 from __future__ import annotations
@@ -44,26 +44,38 @@ def _by_reauthentication(client, user: str, password: str):
     return client.post("/2fa/setup", base_url=PORTAL, data={"password": password, "csrf_token": csrf(client)})
 
 
-ENTRY_POINTS: dict[str, Callable] = {"form": _by_form, "basic": _by_basic, "reauthentication": _by_reauthentication}
+def _by_key_reauthentication(client, user: str, password: str):
+    """alice, signed in, adds a security key: the same password check first."""
+    return client.post("/webauthn/setup", base_url=PORTAL, data={"password": password, "csrf_token": csrf(client)})
+
+
+#: name -> (the CredentialChecks entry point it uses, how a client sends a password there)
+ENTRY_POINTS: dict[str, tuple[str, Callable]] = {
+    "form": ("form", _by_form), "basic": ("basic", _by_basic), "reauthentication": ("reauthentication", _by_reauthentication),
+    "key_reauthentication": ("reauthentication", _by_key_reauthentication),
+}
 
 
 @pytest.fixture
 def regulated_app(app_with):
+    # on https (as a proxy that terminates TLS says), where security keys can be added
     return app_with(regulation={"max_retries": MAX_RETRIES, "minimum_delay": MINIMUM_DELAY},
-                    totp={"reauthentication": "0s"}, authentication={"credentials_cache_ttl": "0s"})
+                    totp={"reauthentication": "0s"}, authentication={"credentials_cache_ttl": "0s"},
+                    server={"portal_url": "https://auth.example.test"})
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_every_entry_point_bans_pads_and_audits(regulated_app, entry, caplog):
     client = ProxiedClient(regulated_app)
-    if entry == "reauthentication":
+    via, send = ENTRY_POINTS[entry]
+    if via == "reauthentication":
         assert post_login(client, "alice").status_code == 302
     caplog.set_level(logging.INFO, logger="authportal.audit")
-    timer = getattr(regulated_app.portal.checks, entry).timer
+    timer = getattr(regulated_app.portal.checks, via).timer
     for attempt in range(MAX_RETRIES):
         floor = timer.target  # a refusal takes at least this long (a lower bound holds on a busy machine)
         started = time.perf_counter()
-        refused = ENTRY_POINTS[entry](client, "alice", f"guess-{attempt}")
+        refused = send(client, "alice", f"guess-{attempt}")
         assert refused.status_code == 401
         assert time.perf_counter() - started >= floor
     # the guesses through this entry point banned alice everywhere: the right password no longer opens the form
@@ -71,8 +83,8 @@ def test_every_entry_point_bans_pads_and_audits(regulated_app, entry, caplog):
     audited = [(r.audit["event"], r.audit["reason"], r.audit["via"]) for r in caplog.records
                if r.name == "authportal.audit" and r.audit.get("user") == "alice"
                and r.audit["event"].endswith("_failure")]
-    event = "reauthentication_failure" if entry == "reauthentication" else "login_failure"
-    assert audited[:MAX_RETRIES] == [(event, "bad_credentials", entry)] * MAX_RETRIES
+    event = "reauthentication_failure" if via == "reauthentication" else "login_failure"
+    assert audited[:MAX_RETRIES] == [(event, "bad_credentials", via)] * MAX_RETRIES
     assert audited[MAX_RETRIES] == ("login_failure", "banned", "form")
 
 

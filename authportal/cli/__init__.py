@@ -1,4 +1,4 @@
-"""The `authportal` command: serve, check-config, hash-password, demo, access, users, totp, tokens, storage."""
+"""The `authportal` command: serve, check-config, hash-password, demo, access, users, totp, tokens, storage, webauthn."""
 from __future__ import annotations
 
 import sys
@@ -78,12 +78,14 @@ def _register_subgroups() -> None:
     from .tokens import tokens
     from .totp import totp
     from .users import users
+    from .webauthn import webauthn
 
     main.add_command(access)
     main.add_command(users)
     main.add_command(totp)
     main.add_command(tokens)
     main.add_command(storage)
+    main.add_command(webauthn)
 
 
 _register_subgroups()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -68,3 +68,10 @@ def open_storage(config_path: str) -> Iterator[tuple[Config, Storage]]:
 
 def format_time(value: float | None, missing: str = "-") -> str:
     return missing if value is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows (the first one the header) in aligned columns."""
+    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -9,7 +9,7 @@ import click
 from ..audit import audit
 from ..config import parse_duration
 from ..tokens import TokenService
-from .common import config_option, fail, format_time, open_storage
+from .common import config_option, fail, format_time, open_storage, print_table
 
 
 class Duration(click.ParamType):
@@ -66,9 +66,7 @@ def list_(config_path: str, username: str | None) -> None:
          format_time(i.expires_at, "never"), format_time(i.last_used_at, "never"), i.state(now))
         for i in infos
     ]
-    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(rows)
 
 
 @tokens.command(help="Revoke the token with id TOKEN_ID (see `list`).")

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import account, errors, login, notices, ops
-from .shared import csrf_token, security_headers
+from . import account, errors, login, notices, ops, security_keys
+from .shared import csrf_token, page_script, security_headers, timestamp
 
 
 def register_views(app: Flask) -> None:
     app.register_blueprint(login.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(security_keys.bp)
     errors.register(app)
     notices.init_app(app)
     app.after_request(security_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["page_script"] = page_script
+    app.jinja_env.filters["timestamp"] = timestamp

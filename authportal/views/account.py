@@ -11,32 +11,24 @@ from werkzeug.wrappers import Response
 
 from ..audit import audit
 from ..config import parse_duration
-from ..credentials import Busy
 from ..identity import TWO_FACTOR
 from ..storage import StorageUnavailable
 from .errors import error_page
-from .flow import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, required_level, target_url
-from .shared import busy, check_csrf, current_portal, current_session, session_id
+from .flow import (
+    BAD_CODE,
+    confirm_password,
+    form_rd,
+    promote_session,
+    reauthenticate_page,
+    recently_authenticated,
+    require_session,
+    required_level,
+    save_session,
+    target_url,
+)
+from .shared import check_csrf, current_portal, current_session
 
 bp = Blueprint("account", __name__)
-
-
-def _require_session() -> dict[str, Any]:
-    session = current_session()
-    if session is None:
-        abort(redirect(url_for("login.index", rd=request.url)))
-    return session
-
-
-def _recently_authenticated(session: dict[str, Any]) -> bool:
-    window = current_portal().config.totp.reauthentication
-    return time.time() - session.get("authenticated_at", 0) <= window
-
-
-def _save(session: dict[str, Any]) -> None:
-    sid = session_id()
-    assert sid is not None
-    current_portal().sessions.update(sid, session)
 
 
 @bp.context_processor
@@ -54,7 +46,7 @@ def _why_second_factor() -> dict[str, Any]:
 
 @bp.route("/2fa/setup", methods=["GET", "POST"])
 def totp_setup() -> Response:
-    session = _require_session()
+    session = require_session()
     portal = current_portal()
     rd = form_rd()
     enrolled = portal.totp.has_totp(session["user"])
@@ -68,15 +60,15 @@ def totp_setup() -> Response:
     if request.method == "POST":
         check_csrf()
         if "password" in request.form:
-            return _confirm_password(session, rd)
+            return confirm_password(session, "account.totp_setup", rd)
         return _confirm_code(session, rd)
-    if not _recently_authenticated(session):
-        return make_response(render_template("reauthenticate.html", rd=rd, session=session))
+    if not recently_authenticated(session):
+        return reauthenticate_page(session, "account.totp_setup", rd)
     secret = _pending_secret(session)
     if not secret:
         secret = portal.totp.new_secret()
         session = dict(session, pending_totp=portal.totp.seal_pending(session["user"], secret))
-        _save(session)
+        save_session(session)
     return _setup_page(session, secret, rd)
 
 
@@ -94,31 +86,10 @@ def _setup_page(session: dict[str, Any], secret: str, rd: str, error: str | None
     return make_response(page, status)
 
 
-def _confirm_password(session: dict[str, Any], rd: str) -> Response:
-    """The password again before a second factor is changed: a stolen session alone cannot swap it."""
-    portal = current_portal()
-    client_ip = portal.proxies.client_ip(request.environ)
-    try:
-        attempt = portal.checks.password(portal.checks.reauthentication, session["user"],
-                                         request.form.get("password", ""), client_ip)
-    except Busy:
-        return busy(_reauthenticate_page(session, rd, BUSY, 503))
-    if attempt.result == "backend_error":
-        return _reauthenticate_page(session, rd, UNAVAILABLE, 503)
-    if not attempt.ok:
-        return _reauthenticate_page(session, rd, BAD_CREDENTIALS, 401)
-    _save(dict(session, authenticated_at=time.time()))
-    return redirect(url_for("account.totp_setup", rd=rd or None))
-
-
-def _reauthenticate_page(session: dict[str, Any], rd: str, error: str, status: int) -> Response:
-    return make_response(render_template("reauthenticate.html", rd=rd, session=session, error=error), status)
-
-
 def _confirm_code(session: dict[str, Any], rd: str) -> Response:
     portal = current_portal()
     secret = _pending_secret(session)
-    if not secret or not _recently_authenticated(session):
+    if not secret or not recently_authenticated(session):
         return redirect(url_for("account.totp_setup", rd=rd or None))
     if not portal.totp.enroll(session["user"], secret, request.form.get("code", "")):
         return _setup_page(session, secret, rd, BAD_CODE, 400)
@@ -130,7 +101,7 @@ def _confirm_code(session: dict[str, Any], rd: str) -> Response:
 
 @bp.route("/tokens", methods=["GET", "POST"])
 def tokens() -> Response:
-    session = _require_session()
+    session = require_session()
     portal = current_portal()
     created = None
     error = None
@@ -158,7 +129,7 @@ def tokens() -> Response:
 
 @bp.post("/tokens/<int(max=9223372036854775807):token_id>/revoke")  # a database integer
 def revoke_token(token_id: int) -> Response:
-    session = _require_session()
+    session = require_session()
     check_csrf()
     portal = current_portal()
     if not portal.tokens.revoke(token_id, session["user"]):

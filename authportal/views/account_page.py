@@ -1,8 +1,7 @@
 """The account page (`/` when signed in): who you are and what you own, one section each.
 
 A section is a template (`templates/account_*.html`) plus the facts it shows,
-gathered by one function here. A later account feature (security keys, sessions,
-password change) joins by adding its `Section` to `SECTIONS`; the page itself
+gathered by one function here. A later account feature (sessions, password change) joins by adding its `Section` to `SECTIONS`; the page itself
 does not change. A section whose facts cannot be read right now (storage down)
 says so instead of failing the whole page.
 """
@@ -16,8 +15,11 @@ from typing import Any
 from flask import make_response, render_template
 from werkzeug.wrappers import Response
 
+from ..identity import TWO_FACTOR
 from ..portal import Portal
+from ..security_keys import SecurityKey
 from ..storage import StorageUnavailable
+from .flow import has_second_factor
 from .shared import current_portal
 
 Facts = dict[str, Any]
@@ -42,6 +44,20 @@ def _second_factors(portal: Portal, session: dict[str, Any]) -> Facts:
     return {"has_totp": has_totp, "allow_enrollment": portal.config.totp.allow_enrollment}
 
 
+def _security_keys(portal: Portal, session: dict[str, Any]) -> Facts:
+    unavailable = portal.config.webauthn_unavailable
+    if unavailable:
+        return {"unavailable": None if not portal.config.webauthn.enable else unavailable, "registered": None,
+                "hidden": not portal.config.webauthn.enable}
+    try:
+        keys: list[SecurityKey] | None = portal.keys.keys_of(session["user"])
+        # Removing a factor needs the factors: a password alone (a stolen one) must not take one away.
+        can_remove = session["level"] >= TWO_FACTOR or not has_second_factor(session)
+    except StorageUnavailable:
+        keys, can_remove = None, False
+    return {"unavailable": None, "registered": keys, "can_remove": can_remove, "hidden": False}
+
+
 def _api_tokens(portal: Portal, session: dict[str, Any]) -> Facts:
     try:
         now = time.time()
@@ -54,6 +70,7 @@ def _api_tokens(portal: Portal, session: dict[str, Any]) -> Facts:
 SECTIONS: tuple[Section, ...] = (
     Section("account_identity.html", _identity),
     Section("account_second_factors.html", _second_factors),
+    Section("account_security_keys.html", _security_keys),
     Section("account_api_tokens.html", _api_tokens),
 )
 

@@ -1,21 +1,27 @@
-"""What the login and account views share: their messages, the target (`rd`) of a sign-in, the factor level
-it needs, and raising a session to two factors once a second factor is proven (by a code or an enrollment)."""
+"""What the login, account and security-key views share: their messages, the target (`rd`) of a sign-in, the
+factor level it needs, the fresh password check before a second factor is changed, and raising a session to
+two factors once a second factor is proven (a code, a key or an enrollment)."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import redirect, request, url_for
+from flask import abort, make_response, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
+from ..credentials import Busy
 from ..identity import ONE_FACTOR, TWO_FACTOR
 from ..redirects import safe_redirect
+from ..security_keys import SecurityKey
 from ..sessions import SessionStoreUnavailable
 from .errors import error_page
-from .shared import current_portal, session_id, set_session_cookie
+from .shared import busy, current_portal, current_session, session_id, set_session_cookie
 
 BAD_CREDENTIALS = "Incorrect username or password."
 BAD_CODE = "That code was already used or is wrong. Wait for the next code in your app and enter it."
 UNAVAILABLE = "The login service is unavailable right now. Please try again in a moment."
+#: What a page behind the password check adds, as its reason says ("Add an authenticator app: …").
+ADDING = {"account.totp_setup": "an authenticator app", "keys.setup": "a security key"}
 BUSY = "Many people are signing in right now. Please try again in a second."
 
 
@@ -43,12 +49,43 @@ def required_level(url: str | None, session: dict[str, Any]) -> int:
     return TWO_FACTOR if policy == "two_factor" else ONE_FACTOR
 
 
+def with_rd(endpoint: str, url: str | None) -> str:
+    return url_for(endpoint, rd=url) if url else url_for(endpoint)
+
+
+def next_step(session: dict[str, Any], url: str | None) -> Response:
+    """Where a (partly) logged-in user goes: the code page, enrollment, the target or the home page."""
+    needed = required_level(url, session)
+    if session["level"] < TWO_FACTOR:
+        if has_second_factor(session):
+            return redirect(with_rd("login.second_factor", url))
+        if needed == TWO_FACTOR:
+            return redirect(with_rd("account.totp_setup", url))
+    return redirect(url or url_for("login.index"))
+
+
+def has_second_factor(session: dict[str, Any]) -> bool:
+    """Whether the session's user has a second factor to prove: an app, or a key other than the one they
+    signed in with (a one-factor passkey sign-in)."""
+    portal = current_portal()
+    return portal.totp.has_totp(session["user"]) or bool(usable_keys(session))
+
+
+def usable_keys(session: dict[str, Any]) -> list[SecurityKey]:
+    """The user's keys that can be their second factor now (none when security keys cannot work here)."""
+    portal = current_portal()
+    if portal.config.webauthn_unavailable:
+        return []
+    return portal.keys.usable(session["user"], exclude=session.get("first_factor_key"))
+
+
 def promote_session(session: dict[str, Any], url: str | None) -> Response:
     """Raise a session to two factors under a new id (a privilege change gets a fresh id, too)."""
     portal = current_portal()
     old = session_id()
     data = {k: v for k, v in session.items() if k not in ("created", "last_seen", "expires", "remember")}
     data["level"] = TWO_FACTOR
+    data["second_factor_at"] = time.time()
     try:
         if old:
             portal.sessions.end(old)
@@ -58,3 +95,48 @@ def promote_session(session: dict[str, Any], url: str | None) -> Response:
     response = redirect(url or url_for("login.index"))
     set_session_cookie(response, sid, session["remember"])
     return response
+
+
+def require_session() -> dict[str, Any]:
+    """The signed-in session, or (abort) a redirect to the sign-in page that comes back here."""
+    session = current_session()
+    if session is None:
+        abort(redirect(url_for("login.index", rd=request.url)))
+    return session
+
+
+def save_session(session: dict[str, Any]) -> None:
+    sid = session_id()
+    assert sid is not None
+    current_portal().sessions.update(sid, session)
+
+
+def recently_authenticated(session: dict[str, Any]) -> bool:
+    """Whether the password was checked within `totp.reauthentication` (sign-in or a fresh check)."""
+    window = current_portal().config.totp.reauthentication
+    return time.time() - session.get("authenticated_at", 0) <= window
+
+
+def reauthenticate_page(session: dict[str, Any], endpoint: str, rd: str, error: str | None = None,
+                        status: int = 200) -> Response:
+    """The password form in front of `endpoint` (a page that changes a second factor)."""
+    page = render_template("reauthenticate.html", rd=rd, session=session, error=error, action=url_for(endpoint),
+                           adding=ADDING[endpoint])
+    return make_response(page, status)
+
+
+def confirm_password(session: dict[str, Any], endpoint: str, rd: str) -> Response:
+    """The password again before a second factor is changed: a stolen session alone cannot add or swap one."""
+    portal = current_portal()
+    client_ip = portal.proxies.client_ip(request.environ)
+    try:
+        attempt = portal.checks.password(portal.checks.reauthentication, session["user"],
+                                         request.form.get("password", ""), client_ip)
+    except Busy:
+        return busy(reauthenticate_page(session, endpoint, rd, BUSY, 503))
+    if attempt.result == "backend_error":
+        return reauthenticate_page(session, endpoint, rd, UNAVAILABLE, 503)
+    if not attempt.ok:
+        return reauthenticate_page(session, endpoint, rd, BAD_CREDENTIALS, 401)
+    save_session(dict(session, authenticated_at=time.time()))
+    return redirect(url_for(endpoint, rd=rd or None))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, g, make_response, redirect, render_template, request, url_for
@@ -18,7 +17,18 @@ from ..storage import StorageUnavailable
 from . import notices
 from .account_page import account_page
 from .errors import error_page
-from .flow import BAD_CODE, BAD_CREDENTIALS, BUSY, UNAVAILABLE, form_rd, promote_session, required_level, target_url
+from .flow import (
+    BAD_CODE,
+    BAD_CREDENTIALS,
+    BUSY,
+    UNAVAILABLE,
+    form_rd,
+    next_step,
+    promote_session,
+    target_url,
+    usable_keys,
+    with_rd,
+)
 from .shared import (
     admitted,
     busy,
@@ -32,23 +42,6 @@ from .shared import (
 
 bp = Blueprint("login", __name__)
 
-def _with_rd(endpoint: str, url: str | None) -> str:
-    return url_for(endpoint, rd=url) if url else url_for(endpoint)
-
-
-def next_step(session: dict[str, Any], url: str | None) -> Response:
-    """Where a (partly) logged-in user goes: the code page, enrollment, the target or the home page."""
-    portal = current_portal()
-    needed = required_level(url, session)
-    if session["level"] < TWO_FACTOR:
-        enrolled = portal.totp.has_totp(session["user"])
-        if enrolled:
-            return redirect(_with_rd("login.second_factor", url))
-        if needed == TWO_FACTOR:
-            return redirect(_with_rd("account.totp_setup", url))
-    return redirect(url or url_for("login.index"))
-
-
 def _login_page(error: str | None = None, status: int = 200, username: str = "") -> Response:
     portal = current_portal()
     url = target_url()
@@ -56,6 +49,7 @@ def _login_page(error: str | None = None, status: int = 200, username: str = "")
         "login.html", error=error, notice=None if error else notices.take(), username=username, rd=form_rd(),
         site=urlsplit(url).hostname if url else None,
         remember_me=portal.config.session.remember_me > 0,
+        passkey=portal.config.webauthn.passkey_login and not portal.config.webauthn_unavailable,
     )
     return make_response(page, status)
 
@@ -105,17 +99,28 @@ def login() -> Response:
     return response
 
 
+def _second_factor_page(error: str | None = None, status: int = 200) -> Response:
+    """The code form, and the user's security keys first when they have some (the key needs JavaScript)."""
+    session = current_session()
+    keys = bool(session and usable_keys(session))
+    has_totp = bool(session and current_portal().totp.has_totp(session["user"]))
+    page = render_template("second_factor.html", error=error, rd=form_rd(), keys=keys, has_totp=has_totp,
+                           fresh=bool(request.values.get("fresh")))
+    return make_response(page, status)
+
+
 @bp.route("/2fa", methods=["GET", "POST"])
-@admitted(lambda: make_response(render_template("second_factor.html", error=BUSY, rd=form_rd())))
+@admitted(lambda: _second_factor_page(BUSY))
 def second_factor() -> Response:
     session = current_session()
     url = target_url()
     if session is None:
-        return redirect(_with_rd("login.index", url))
-    if session["level"] >= TWO_FACTOR:
+        return redirect(with_rd("login.index", url))
+    # `fresh`: a page that changes a second factor asks for it again, also in a two-factor session.
+    if session["level"] >= TWO_FACTOR and not request.values.get("fresh"):
         return redirect(url or url_for("login.index"))
     if request.method == "GET":
-        return make_response(render_template("second_factor.html", rd=form_rd()))
+        return _second_factor_page()
     check_csrf()
     portal = current_portal()
     client_ip = portal.proxies.client_ip(request.environ)
@@ -132,12 +137,11 @@ def second_factor() -> Response:
     except (RegulationUnavailable, StorageUnavailable, DecryptionError) as exc:
         portal.metrics.logins.labels("backend_error").inc()
         portal.metrics.backend_failed(exc, portal.config.authentication.backend)
-        return make_response(render_template("second_factor.html", error=UNAVAILABLE, rd=form_rd()), 503)
+        return _second_factor_page(UNAVAILABLE, 503)
     if not ok:
         portal.metrics.logins.labels(reason if reason == "banned" else "totp_failed").inc()
         audit("totp_failure", user=user, ip=client_ip, reason=reason)
-        page = render_template("second_factor.html", error=BAD_CODE, rd=form_rd())
-        return make_response(page, 401)
+        return _second_factor_page(BAD_CODE, 401)
     portal.metrics.logins.labels("success").inc()
     audit("login_success", user=user, ip=client_ip, factor="totp")
     return promote_session(session, url)

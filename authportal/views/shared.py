@@ -8,9 +8,10 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from flask import abort, current_app, g, request
+from flask import abort, current_app, g, request, url_for
 from werkzeug.wrappers import Response
 
 from ..logs import RateLimitedLog
@@ -21,6 +22,8 @@ log = logging.getLogger("authportal.http")
 
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self' https: http:; "
        "frame-ancestors 'none'; base-uri 'none'")
+#: A page with a security-key form runs the portal's own script file, which talks to the portal (no inline code).
+CSP_WITH_SCRIPT = CSP + "; script-src 'self'; connect-src 'self'"
 
 
 def current_portal() -> Portal:
@@ -146,8 +149,20 @@ def clear_session_cookie(response: Response) -> None:
                            httponly=True, samesite="Lax")
 
 
+def timestamp(seconds: float) -> str:
+    """A stored time as the pages show it (UTC: the portal does not know the reader's time zone)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def page_script(name: str) -> str:
+    """The URL of a script in static/ for a page's <script src>; the page's CSP then allows the portal's scripts
+    (every other page forbids scripts altogether)."""
+    g.page_script = True
+    return url_for("static", filename=name)
+
+
 def security_headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("Content-Security-Policy", CSP_WITH_SCRIPT if g.get("page_script") else CSP)
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
