@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.servers.browser import launch_chromium
 from tests.support.in_process import AuthActions, ProxiedClient
 from tests.support.portal import SECRET_KEY, USERS, PortalSetup, ServedPortal, resolve_example_test
 from tests.support.stacks import NginxStack, nginx_stack
@@ -86,3 +87,21 @@ def portal_setup_both_storages(portal_setup, storage_config) -> PortalSetup:
     if storage_config.postgres is not None:
         portal_setup.write(storage={"sqlite": None, "postgres": {"url": storage_config.postgres.url}})
     return portal_setup
+
+
+@pytest.fixture(scope="module")
+def https_stack(tmp_path_factory, upstream) -> Iterator[NginxStack]:
+    """The portal behind examples/nginx/https.conf (TLS, a CA of its own: `ca_file`), the stub `upstream` as every
+    app, for one module; `url()` and `portal_base` are https."""
+    backend = f"127.0.0.1:{upstream.port}"
+    with nginx_stack("https", tmp_path_factory.mktemp("https-stack"),
+                     {"PROMETHEUS": backend, "ALERTMANAGER": backend, "PUBLIC": backend}) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def https_browser(playwright_driver, https_stack):
+    """A Chromium that trusts `https_stack`'s certificate as browsers trust a real site: secure pages, WebAuthn."""
+    launched = launch_chromium(playwright_driver, trusted_certificates=[https_stack.cert_file])
+    yield launched
+    launched.close()

@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel
 
 from authportal.config import Config, load_config
-from tests.servers.slapd import CertificateAuthority, SlapdServer
+from tests.servers.ca import CertificateAuthority
+from tests.servers.slapd import SlapdServer
 from tests.support.portal import PortalSetup, ServedPortal, login
 
 

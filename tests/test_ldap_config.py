@@ -16,7 +16,7 @@ from authportal.authentication.ldap.activedirectory import account_problem, bind
 from authportal.authentication.ldap.filters import expand_filter
 from authportal.cli import main
 from authportal.config import LDAP_PRESETS, ConfigError, LdapConfig, parse_config
-from tests.servers.slapd import CertificateAuthority
+from tests.servers.ca import CertificateAuthority
 from tests.support.portal import PortalSetup
 
 MINIMAL = {"url": "ldap://127.0.0.1:1", "base_dn": "dc=example,dc=com"}

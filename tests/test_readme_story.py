@@ -34,10 +34,10 @@ import requests
 import yaml
 
 from tests.servers import free_port, stop_process, tail, wait_until
+from tests.servers.ca import CertificateAuthority
 from tests.servers.nginx import Nginx
 from tests.servers.process import REPO, SETPRIV
 from tests.servers.prometheus import Prometheus
-from tests.servers.slapd import CertificateAuthority
 from tests.support.portal import csrf_from, deep_merge, login, secret_on_page
 
 README = REPO / "README.md"

@@ -1,7 +1,8 @@
 """pytest fixtures for the real servers, a plugin that tests/conftest.py names in `pytest_plugins`.
 
 Session-scoped (shared, never stop them in a test): `redis_server`, `upstream`,
-`browser`. A test that stops Redis mid-run starts its own `RedisServer`.
+`browser`, and `playwright_driver`, from which every Chromium of the run is
+launched. A test that stops Redis mid-run starts its own `RedisServer`.
 Factories (function-scoped) start any number of proxies and stop them all at
 teardown: `nginx_factory(config, substitutions=None, **more)`, and
 `nginx_factory.from_file("examples/nginx/x.conf", {...})`; same for HAProxy
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Playwright, sync_playwright
 
-from .browser import chromium
+from .browser import launch_chromium
 from .caddy import Caddy
 from .haproxy import HAProxy
 from .nginx import Nginx
@@ -60,9 +62,18 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="session")
-def browser():
-    with chromium() as launched:
-        yield launched
+def playwright_driver() -> Iterator[Playwright]:
+    """One Playwright for the run: its sync API cannot be started a second time while one runs in the thread,
+    so a module that needs a Chromium of its own (other flags) launches it from this one."""
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver):
+    launched = launch_chromium(playwright_driver)
+    yield launched
+    launched.close()
 
 
 def _factory(server_class: type[ConfiguredServer]) -> Iterator[ServerFactory]:

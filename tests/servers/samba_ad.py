@@ -36,7 +36,7 @@ import pytest
 from ldap3.core.exceptions import LDAPException
 
 from . import IN_CI, require_binary, stop_process, tail, wait_for_port, wait_until
-from .slapd import CertificateAuthority
+from .ca import CertificateAuthority
 
 SAMBA_PYTHON = "/usr/bin/python3"  # Debian's python3-samba bindings live there, not in the venv
 

@@ -7,6 +7,9 @@ placeholders filled in, and stops both on exit. Layouts:
 - `seed-layout`: app.example.test/prometheus/, /alertmanager/, /public/; portal on auth.example.test
 - `subdomains`: prometheus.example.test, alertmanager.example.test; portal on auth.example.test
 - `ingress-nginx`: what ingress-nginx generates from ingress.yaml; portal at the root of app.example.test
+- `https`: the seed layout over TLS (https.conf), with a certificate for *.example.test from a CA made for
+  the stack (`ca_file` for `requests`' verify=, `cert_file` for Chromium: tests/servers/browser.py) and
+  Secure session cookies; plain http (`http_port`) only redirects
 
 `HAProxyExample` runs examples/haproxy (haproxy.cfg with its Lua file beside it).
 """
@@ -22,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.servers import IN_CI, free_port
+from tests.servers.ca import CertificateAuthority
 from tests.servers.haproxy import HAProxy
 from tests.servers.nginx import Nginx
 from tests.servers.process import REPO
@@ -40,13 +44,40 @@ class Layout:
     session_domain: str | None = "example.test"
     #: What the example's 401 redirect carries in rd: the full URL, or only the path (ingress-nginx).
     rd_is_path: bool = False
+    #: Served over https (placeholders CERT, KEY, HTTP_LISTEN); the portal's cookies are Secure.
+    tls: bool = False
 
 
 LAYOUTS = {
     "seed-layout": Layout("seed-layout.conf", "auth.example.test"),
     "subdomains": Layout("subdomains.conf", "auth.example.test"),
     "ingress-nginx": Layout("ingress-nginx/equivalent-nginx.conf", "app.example.test", None, rd_is_path=True),
+    "https": Layout("https.conf", "auth.example.test", tls=True),
 }
+#: The names the https layout's certificate carries (subjectAltName).
+TLS_NAMES = ("auth.example.test", "app.example.test", "*.example.test")
+
+
+@dataclass(frozen=True)
+class StackTls:
+    """What a TLS layout adds: a CA of its own, the server certificate nginx presents, the http redirect port."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    http_port: int
+
+    @classmethod
+    def make(cls, directory: Path) -> StackTls:
+        """A new CA (ca.pem) and one server certificate for TLS_NAMES (server.pem, server.key) in `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        authority = CertificateAuthority("authportal https stack CA")
+        cert_file, key_file = authority.issue(directory / "server.pem", directory / "server.key", TLS_NAMES[0],
+                                              dns_names=TLS_NAMES)
+        return cls(authority.write_cert(directory / "ca.pem"), cert_file, key_file, free_port())
+
+    def placeholders(self) -> dict[str, Any]:
+        return {"CERT": self.cert_file, "KEY": self.key_file, "HTTP_LISTEN": f"127.0.0.1:{self.http_port}"}
 
 
 @dataclass
@@ -56,14 +87,40 @@ class NginxStack:
     port: int
     portal: ServedPortal
     nginx: Nginx
+    tls: StackTls | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA that signed nginx's certificate (TLS layouts): `requests.get(..., verify=str(stack.ca_file))`."""
+        return self._tls.ca_file
+
+    @property
+    def cert_file(self) -> Path:
+        """The server certificate nginx presents (TLS layouts): what Chromium is told to trust."""
+        return self._tls.cert_file
+
+    @property
+    def http_port(self) -> int:
+        """Plain http (TLS layouts): every request there is redirected to https."""
+        return self._tls.http_port
+
+    @property
+    def _tls(self) -> StackTls:
+        if self.tls is None:
+            raise AttributeError(f"layout {self.name!r} is plain http: no certificates")
+        return self.tls
 
     @property
     def portal_base(self) -> str:
         """The portal as browsers reach it, through nginx."""
-        return f"http://{self.layout.portal_host}:{self.port}"
+        return f"{self.scheme}://{self.layout.portal_host}:{self.port}"
 
     def url(self, host: str, path: str = "/") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
 
 def require_set_misc() -> None:
@@ -83,15 +140,19 @@ def nginx_stack(name: str, directory: Path, backends: Mapping[str, str],
     """Portal + nginx for layout `name`; `backends` fills PROMETHEUS, ALERTMANAGER, PUBLIC (host:port).
 
     `port` is nginx's port (a free one by default): pass it when a backend must know it beforehand.
+    A TLS layout gets a new CA and server certificate in `directory`/tls.
     """
     layout = LAYOUTS[name]
     if name == "ingress-nginx":
         require_set_misc()
     port = port or free_port()
     overrides: dict[str, Any] = {
-        "server": {"portal_url": f"http://{layout.portal_host}:{port}"},
+        "server": {"portal_url": f"{'https' if layout.tls else 'http'}://{layout.portal_host}:{port}"},
         "session": {"domain": layout.session_domain},
     }
+    tls = StackTls.make(directory / "tls") if layout.tls else None
+    if tls:
+        overrides["session"]["cookie_secure"] = True
     for key, value in (portal_overrides or {}).items():
         overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
     setup = PortalSetup(directory / "portal", overrides=overrides)
@@ -99,10 +160,11 @@ def nginx_stack(name: str, directory: Path, backends: Mapping[str, str],
         portal = ServedPortal(setup).start()
         stack.callback(portal.stop)
         nginx = Nginx.from_file(EXAMPLES / layout.file, {
-            "LISTEN": f"127.0.0.1:{port}", "PORTAL": f"127.0.0.1:{setup.port}", **backends})
+            "LISTEN": f"127.0.0.1:{port}", "PORTAL": f"127.0.0.1:{setup.port}", **backends,
+            **(tls.placeholders() if tls else {})})
         stack.callback(nginx.stop)
         nginx.start()
-        yield NginxStack(name, layout, port, portal, nginx)
+        yield NginxStack(name, layout, port, portal, nginx, tls)
 
 
 HAPROXY_EXAMPLE = REPO / "examples" / "haproxy"
