@@ -136,10 +136,12 @@ def require_set_misc() -> None:
 
 @contextmanager
 def nginx_stack(name: str, directory: Path, backends: Mapping[str, str],
-                portal_overrides: Mapping[str, Any] | None = None, port: int | None = None) -> Iterator[NginxStack]:
+                portal_overrides: Mapping[str, Any] | None = None, port: int | None = None,
+                users: dict[str, dict[str, Any]] | None = None) -> Iterator[NginxStack]:
     """Portal + nginx for layout `name`; `backends` fills PROMETHEUS, ALERTMANAGER, PUBLIC (host:port).
 
     `port` is nginx's port (a free one by default): pass it when a backend must know it beforehand.
+    `users`: the users file's people (default: tests/support/portal.py USERS).
     A TLS layout gets a new CA and server certificate in `directory`/tls.
     """
     layout = LAYOUTS[name]
@@ -155,7 +157,7 @@ def nginx_stack(name: str, directory: Path, backends: Mapping[str, str],
         overrides["session"]["cookie_secure"] = True
     for key, value in (portal_overrides or {}).items():
         overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
-    setup = PortalSetup(directory / "portal", overrides=overrides)
+    setup = PortalSetup(directory / "portal", overrides=overrides, users=users)
     with ExitStack() as stack:
         portal = ServedPortal(setup).start()
         stack.callback(portal.stop)
