@@ -15,6 +15,7 @@ whether the key is good, raising `KeyRefused` with the reason when it is not.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ REGISTER = "register"
 SECOND_FACTOR = "second_factor"
 PASSKEY = "passkey"
 MAX_NAME_LENGTH = 64
+#: A credential id as browsers send it: base64url, at most 1023 bytes (WebAuthn's limit).
+BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,1364}")
 
 
 class KeyRefused(Refused):
@@ -96,7 +99,7 @@ def _key(row: Any) -> SecurityKey:
 def _credential_id(credential: dict[str, Any]) -> str:
     """The credential id of a browser's response, normalised (base64url without padding)."""
     raw = credential.get("rawId") if isinstance(credential, dict) else None
-    if not isinstance(raw, str) or not raw or len(raw) > 1400:
+    if not isinstance(raw, str) or not BASE64URL.fullmatch(raw):
         raise KeyRefused("malformed", "The browser's answer could not be read. Try again.")
     try:
         return bytes_to_base64url(base64url_to_bytes(raw))
