@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -352,6 +353,9 @@ def test_replays_other_users_keys_other_relying_parties_and_cloned_keys_are_refu
     assert "blocked (counter went backwards)" in listed
     audit = (stack.portal.setup.directory / "audit.log").read_text()
     assert '"event": "webauthn_key_blocked"' in audit
+    metrics = requests.get(f"http://127.0.0.1:{stack.portal.setup.port}/metrics", timeout=10).text
+    counted = dict(re.findall(r'^authportal_webauthn_total\{result="(\w+)",use="security_key"\} (\S+)$', metrics, re.M))
+    assert float(counted["success"]) >= 1 and float(counted["bad_credentials"]) >= 5, counted
 
 
 def test_a_banned_user_cannot_sign_in_with_a_passkey_either(context, stack, chromium):
