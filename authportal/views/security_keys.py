@@ -139,29 +139,28 @@ def setup() -> Response:
                                          passkey=current_portal().config.webauthn.passkey_login))
 
 
-@bp.post("/api/webauthn/register/options")
-def registration_options() -> Response:
+def _adding_key() -> tuple[dict[str, Any], str]:
+    """The session (and its id) of a script's request to add a key, once everything before it was done."""
     _require_keys()
     check_csrf()
     session = _json_session()
-    if _setup_blocked(session) is not None:
-        abort(403, description="Confirm your password (and second factor) first: reload the page.")
     sid = session_id()
-    assert sid is not None
+    if sid is None or _setup_blocked(session) is not None:
+        abort(403, description="Confirm your password (and second factor) first: reload the page.")
+    return session, sid
+
+
+@bp.post("/api/webauthn/register/options")
+def registration_options() -> Response:
+    session, sid = _adding_key()
     return _started(current_portal().keys.start_registration(session["user"], session.get("name") or "", sid))
 
 
 @bp.post("/api/webauthn/register")
 def register() -> Response:
-    _require_keys()
-    check_csrf()
-    session = _json_session()
-    if _setup_blocked(session) is not None:
-        abort(403, description="Confirm your password (and second factor) first: reload the page.")
+    session, sid = _adding_key()
     portal = current_portal()
     client_ip = portal.proxies.client_ip(request.environ)
-    sid = session_id()
-    assert sid is not None
     try:
         key = portal.keys.register(session["user"], sid, request.cookies.get(_ceremony_cookie(), ""),
                                    request.form.get("name", ""), _credential())
