@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .audit import audit
-from .authentication import BackendUnavailable, UserDetails, UserProvider
+from .authentication import BackendUnavailable, PasswordChangeRequired, UserDetails, UserProvider
 from .metrics import Metrics
 from .regulation import RegulationUnavailable, Regulator
 from .storage import StorageUnavailable
@@ -102,6 +102,8 @@ class Attempt(Generic[T]):
     found: T | None = None
     #: Why a check refused, when it said (`Refused`), for the person and the audit log.
     refusal: Refused | None = None
+    #: result "change_required": the password is right but must be changed before it signs in.
+    change: PasswordChangeRequired | None = None
 
     @property
     def ok(self) -> bool:
@@ -120,6 +122,7 @@ class CredentialChecks:
         people = CheckTimer(minimum_delay)
         self.form = EntryPoint("form", "login_failure", True, people)
         self.reauthentication = EntryPoint("reauthentication", "reauthentication_failure", False, people)
+        self.password_change = EntryPoint("password_change", "password_change_failure", False, people)
         self.basic = EntryPoint("basic", "login_failure", False, CheckTimer(0.0, cap=BASIC_PADDING_CAP))
         self.api_token = EntryPoint("token", "login_failure", False, None)
         # A key's signature is checked in constant time by its library; its ids are random: nothing to pad.
@@ -161,6 +164,10 @@ class CredentialChecks:
                 return Attempt("banned")
             try:
                 found = check()
+            except PasswordChangeRequired as change:
+                if username is not None:
+                    self.regulator.record_success(username)  # the password was right
+                return Attempt("change_required", change=change)
             except Refused as refusal:
                 self._failed(username, client_ip)
                 return Attempt("bad_credentials", refusal=refusal)

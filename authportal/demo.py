@@ -44,11 +44,16 @@ def write_demo(directory: str) -> Path:
             "storage": {"sqlite": {"path": "db.sqlite3"}},
             "totp": {"issuer": "authportal demo"},
             "access_control": {"default_policy": "one_factor"},
+            "password_change": {"enable": True},
+            "password_reset": {"enable": True},
+            # e-mails (password reset links) are appended to this file instead of being sent
+            "notifier": {"filesystem": {"path": "mail.txt"}},
         }
         config_path.write_text("# Demo configuration written by `authportal demo` (plain http: trials only).\n"
                                + yaml_rs.dumps(config))
     click.echo(f"Demo config: {config_path}")
     click.echo("Demo users (user password):")
     click.echo((folder / "demo-passwords.txt").read_text().rstrip())
+    click.echo(f"Password reset e-mails are written to {folder / 'mail.txt'} (notifier.filesystem).")
     click.echo("Open http://127.0.0.1:9091 and sign in.")
     return config_path

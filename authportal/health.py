@@ -18,13 +18,16 @@ CACHE_SECONDS = 1.5
 
 
 class Readiness:
-    def __init__(self, probes: dict[str, Callable[[], str | None]], on_down: Callable[[str], None]):
-        """`probes`: backend name -> callable returning None when healthy, else the reason."""
-        self._probes = probes
+    def __init__(self, probes: dict[str, Callable[[], str | None]], on_down: Callable[[str], None],
+                 optional: dict[str, Callable[[], str | None]] | None = None):
+        """`probes`: backend name -> callable returning None when healthy, else the reason. `optional`: the same
+        for parts the portal serves without (the mail server): when one is down the status is "degraded"."""
+        self._probes = {**probes, **(optional or {})}
+        self._optional = set(optional or ())
         self._on_down = on_down
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any]] | None = None
-        self._reasons: dict[str, str | None] = dict.fromkeys(probes)
+        self._reasons: dict[str, str | None] = dict.fromkeys(self._probes)
 
     def report(self) -> dict[str, Any]:
         cached = self._cached
@@ -43,7 +46,8 @@ class Readiness:
                     else:
                         log.warning("backend %s is down: %s", name, error)
                     self._reasons[name] = error
-            report = {"status": "ok" if all(c["status"] == "ok" for c in checks.values()) else "down",
-                      "checks": checks}
+            down = {name for name, check in checks.items() if check["status"] == "down"}
+            status = "down" if down - self._optional else "degraded" if down else "ok"
+            report = {"status": status, "checks": checks}
             self._cached = (time.monotonic(), report)
             return report

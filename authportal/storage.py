@@ -122,6 +122,21 @@ webauthn_ceremonies = sa.Table(
 )
 
 
+#: E-mailed links (a password reset, removing a lost second factor): only the SHA-256 of the link's token, the
+#: user and their password stamp when it was made (a link made before a password change no longer works).
+identity_links = sa.Table(
+    "identity_links",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("username", sa.String(256), nullable=False, index=True),
+    sa.Column("stamp", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+    sa.Column("used_at", sa.Float),
+)
+
+
 class StorageUnavailable(Exception):
     """The database cannot answer; callers deny."""
 

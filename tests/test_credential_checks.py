@@ -1,8 +1,9 @@
 """Every place that takes a password goes through one path: it bans, evens out its time and audits.
 
-The entry points: the login form, HTTP Basic on the verify path, and the password asked again before a
-second factor is set up (an authenticator app or a security key). A new entry point must join `CredentialChecks`; the source test below fails when
-code calls a provider's `check_password` anywhere else.
+The entry points: the login form, HTTP Basic on the verify path, the password asked again before a second
+factor is set up (an authenticator app or a security key), and the current password on the change form. A
+new entry point must join `CredentialChecks`; the source test below fails when code calls a provider's
+`check_password` anywhere else.
 """
 from __future__ import annotations
 
@@ -49,10 +50,19 @@ def _by_key_reauthentication(client, user: str, password: str):
     return client.post("/webauthn/setup", base_url=PORTAL, data={"password": password, "csrf_token": csrf(client)})
 
 
+def _by_password_change(client, user: str, password: str):
+    """alice, signed in, changes her password: the current one is checked first."""
+    new = "a long walk to the harbour at dawn"
+    return client.post("/password", base_url=PORTAL, data={
+        "current_password": password, "new_password": new, "confirm_password": new,
+        "csrf_token": csrf(client, "/password")})
+
+
 #: name -> (the CredentialChecks entry point it uses, how a client sends a password there)
 ENTRY_POINTS: dict[str, tuple[str, Callable]] = {
     "form": ("form", _by_form), "basic": ("basic", _by_basic), "reauthentication": ("reauthentication", _by_reauthentication),
     "key_reauthentication": ("reauthentication", _by_key_reauthentication),
+    "password_change": ("password_change", _by_password_change),
 }
 
 
@@ -61,14 +71,14 @@ def regulated_app(app_with):
     # on https (as a proxy that terminates TLS says), where security keys can be added
     return app_with(regulation={"max_retries": MAX_RETRIES, "minimum_delay": MINIMUM_DELAY},
                     totp={"reauthentication": "0s"}, authentication={"credentials_cache_ttl": "0s"},
-                    server={"portal_url": "https://auth.example.test"})
+                    server={"portal_url": "https://auth.example.test"}, password_change={"enable": True})
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_every_entry_point_bans_pads_and_audits(regulated_app, entry, caplog):
     client = ProxiedClient(regulated_app)
     via, send = ENTRY_POINTS[entry]
-    if via == "reauthentication":
+    if via in ("reauthentication", "password_change"):
         assert post_login(client, "alice").status_code == 302
     caplog.set_level(logging.INFO, logger="authportal.audit")
     timer = getattr(regulated_app.portal.checks, via).timer
@@ -83,7 +93,8 @@ def test_every_entry_point_bans_pads_and_audits(regulated_app, entry, caplog):
     audited = [(r.audit["event"], r.audit["reason"], r.audit["via"]) for r in caplog.records
                if r.name == "authportal.audit" and r.audit.get("user") == "alice"
                and r.audit["event"].endswith("_failure")]
-    event = "reauthentication_failure" if via == "reauthentication" else "login_failure"
+    event = {"reauthentication": "reauthentication_failure", "password_change": "password_change_failure"}.get(
+        via, "login_failure")
     assert audited[:MAX_RETRIES] == [(event, "bad_credentials", via)] * MAX_RETRIES
     assert audited[MAX_RETRIES] == ("login_failure", "banned", "form")
 

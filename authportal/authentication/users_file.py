@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..config import FileBackendConfig, _format_errors
 from ..passwords import PasswordHasher, check_hash_format
 from ..yamlfile import YamlError, parse_yaml
-from . import BackendUnavailable, UserDetails, acceptable_credentials
+from . import BackendUnavailable, PasswordRejected, UserDetails, acceptable_credentials
+from .users_file_editor import load_users_document, save_users_document
 
 log = logging.getLogger("authportal.users_file")
 
@@ -82,6 +83,7 @@ class UsersFileProvider:
         self._error: str | None = None
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one password write at a time: no lost update
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         if config.watch:
@@ -109,11 +111,43 @@ class UsersFileProvider:
             return None
         return _details(username, entry)
 
+    def username_for_email(self, email: str) -> str | None:
+        wanted = email.strip().casefold()
+        found = [name for name, entry in self._users.items()
+                 if entry.email and entry.email.casefold() == wanted and not entry.disabled]
+        return found[0] if len(found) == 1 else None
+
+    def change_password(self, username: str, old_password: str, new_password: str) -> None:
+        self._write_password(username, new_password, old_password)
+
+    def set_password(self, username: str, new_password: str) -> None:
+        self._write_password(username, new_password, None)
+
     def health(self) -> str | None:
         return self._error
 
     def close(self) -> None:
         self._stop.set()
+
+    def _write_password(self, username: str, new_password: str, old_password: str | None) -> None:
+        """The new hash into the file (comments kept, atomic), then read back at once: the sessions of the old
+        password end, and the one that changed it gets the new stamp without waiting for the watcher."""
+        with self._write_lock:
+            try:
+                document = load_users_document(self.path)
+            except (OSError, ValueError) as exc:
+                raise BackendUnavailable(f"{self.path}: cannot read: {exc}") from None
+            entry = document["users"].get(username)
+            if entry is None or entry.get("disabled"):
+                raise PasswordRejected("This account cannot change its password.")
+            if old_password is not None and not self._hasher.verify(str(entry.get("password", "")), old_password):
+                raise PasswordRejected("The current password is wrong.")
+            entry["password"] = self._hasher.hash(new_password)
+            try:
+                save_users_document(self.path, document, parse_users_file)
+            except (OSError, UsersFileError) as exc:
+                raise BackendUnavailable(f"{self.path}: cannot write: {exc}") from None
+            self.reload_if_changed()
 
     # Reloading
 

@@ -1,16 +1,14 @@
 """`authportal users`: edit the users file safely (comments kept, temp file + fsync + atomic rename)."""
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
-from ruamel.yaml import YAML
 
 from ..authentication.users_file import USERNAME_PATTERN, UsersFileError, parse_users_file
+from ..authentication.users_file_editor import load_users_document, round_trip_yaml, save_users_document
 from ..exits import EXIT_CONFIG
 from ..passwords import PasswordHasher, UnsupportedHash, check_hash_format
 from .common import fail, read_password
@@ -19,43 +17,15 @@ file_option = click.option("--file", "-f", "users_file", required=True, type=cli
                            help="The users file (Authelia users_database.yml shape).")
 
 
-def _yaml() -> YAML:
-    yaml = YAML()  # round-trip mode keeps comments and key order
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 4096  # a hash stays on its key's line instead of wrapping at 80 columns
-    return yaml
-
-
 def _load(path: Path) -> Any:
-    if not path.exists():
-        return {"users": {}}
-    document = _yaml().load(path.read_text()) or {}
-    if "users" not in document or document["users"] is None:
-        document["users"] = {}
-    return document
+    return load_users_document(path)
 
 
 def _save(path: Path, document: Any) -> None:
-    """Write beside the file, fsync, validate, then rename over it: readers never see half a file."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            _yaml().dump(document, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        parse_users_file(tmp)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        save_users_document(path, document, parse_users_file)
     except UsersFileError as exc:
-        tmp.unlink(missing_ok=True)
         fail(f"refusing to write an invalid users file: {exc}", EXIT_CONFIG)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @click.group()
@@ -144,7 +114,7 @@ def import_users(users_file: str, source: str) -> None:
     text = Path(source).read_text()
     found: dict[str, str] = {}
     try:
-        web_config = _yaml().load(text)
+        web_config = round_trip_yaml().load(text)
     except Exception:
         web_config = None
     if isinstance(web_config, dict) and "basic_auth_users" in web_config:

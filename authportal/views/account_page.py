@@ -19,6 +19,7 @@ from ..identity import TWO_FACTOR
 from ..portal import Portal
 from ..security_keys import SecurityKey
 from ..storage import StorageUnavailable
+from . import notices
 from .flow import has_second_factor
 from .shared import current_portal
 
@@ -58,6 +59,10 @@ def _security_keys(portal: Portal, session: dict[str, Any]) -> Facts:
     return {"unavailable": None, "registered": keys, "can_remove": can_remove, "hidden": False}
 
 
+def _password(portal: Portal, session: dict[str, Any]) -> Facts:
+    return {"change": portal.config.password_change.enable}
+
+
 def _api_tokens(portal: Portal, session: dict[str, Any]) -> Facts:
     try:
         now = time.time()
@@ -69,6 +74,7 @@ def _api_tokens(portal: Portal, session: dict[str, Any]) -> Facts:
 
 SECTIONS: tuple[Section, ...] = (
     Section("account_identity.html", _identity),
+    Section("account_password.html", _password),
     Section("account_second_factors.html", _second_factors),
     Section("account_security_keys.html", _security_keys),
     Section("account_api_tokens.html", _api_tokens),
@@ -78,4 +84,4 @@ SECTIONS: tuple[Section, ...] = (
 def account_page(session: dict[str, Any]) -> Response:
     portal = current_portal()
     sections = [(section.template, section.facts(portal, session)) for section in SECTIONS]
-    return make_response(render_template("account.html", session=session, sections=sections))
+    return make_response(render_template("account.html", session=session, sections=sections, notice=notices.take()))

@@ -29,6 +29,7 @@ from .flow import (
     usable_keys,
     with_rd,
 )
+from .passwords import hold_expired_password
 from .shared import (
     admitted,
     busy,
@@ -50,6 +51,7 @@ def _login_page(error: str | None = None, status: int = 200, username: str = "")
         site=urlsplit(url).hostname if url else None,
         remember_me=portal.config.session.remember_me > 0,
         passkey=portal.config.webauthn.passkey_login and not portal.config.webauthn_unavailable,
+        reset=portal.config.password_reset.enable,
     )
     return make_response(page, status)
 
@@ -81,6 +83,10 @@ def login() -> Response:
         return busy(_login_page(BUSY, 503, username))
     if attempt.result == "backend_error":
         return _login_page(UNAVAILABLE, 503, username)
+    if attempt.change is not None:  # the right password, expired or to be changed now: the change form
+        response = redirect(with_rd("passwords.expired", target_url()))
+        hold_expired_password(response, attempt.change.username, password)
+        return response
     details = attempt.found
     if details is None:
         return _login_page(BAD_CREDENTIALS, 401, username)
@@ -105,7 +111,8 @@ def _second_factor_page(error: str | None = None, status: int = 200) -> Response
     keys = bool(session and usable_keys(session))
     has_totp = bool(session and current_portal().totp.has_totp(session["user"]))
     page = render_template("second_factor.html", error=error, rd=form_rd(), keys=keys, has_totp=has_totp,
-                           fresh=bool(request.values.get("fresh")))
+                           fresh=bool(request.values.get("fresh")),
+                           lost=current_portal().config.identity_validation.reset_second_factor)
     return make_response(page, status)
 
 

@@ -15,7 +15,11 @@ from werkzeug.wrappers import Response
 
 from .shared import current_portal
 
-MESSAGES = {"signed_out": "You have been signed out."}
+MESSAGES = {
+    "signed_out": "You have been signed out.",
+    "password_changed": "Your password was changed. Your other sessions have ended.",
+    "password_reset": "Your password was changed. Sign in with the new one.",
+}
 LIFETIME = 120  # seconds
 
 

@@ -15,7 +15,7 @@ bp = Blueprint("ops", __name__)
 def health() -> Response:
     report = current_portal().readiness.report()
     response = jsonify(report)
-    response.status_code = 200 if report["status"] == "ok" else 503
+    response.status_code = 503 if report["status"] == "down" else 200  # degraded: still serving sign-ins
     return response
 
 
