@@ -48,7 +48,7 @@ class Metrics:
                 self.webauthn.labels(use, result)
         for kind in ("user", "ip"):
             self.bans.labels(kind)
-        for backend in ("users_file", "ldap", "redis", "storage"):
+        for backend in ("users_file", "ldap", "redis", "storage", "notifier"):
             self.backend_errors.labels(backend)
         self._verify_children: dict[tuple[str, str], Counter] = {}
 

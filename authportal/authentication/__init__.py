@@ -22,6 +22,21 @@ class BackendUnavailable(Exception):
     """The credential backend cannot answer (directory down, file unreadable): the caller denies."""
 
 
+class PasswordChangeRequired(Exception):
+    """The password is right but may not sign in until it is changed: expired, or "must change at next logon"
+    (AD's data 532 / 773). The user chooses a new one, with the old one, before signing in."""
+
+    def __init__(self, username: str, reason: str):
+        super().__init__(f"{username}: {reason}")
+        self.username = username
+        self.reason = reason
+
+
+class PasswordRejected(Exception):
+    """The backend refused a new password; the message says why in words a person understands (too short for
+    the directory's policy, used before, changed too recently)."""
+
+
 class UserProvider(Protocol):
     def check_password(self, username: str, password: str) -> UserDetails | None:
         """Details when the password is right; None for a wrong password, unknown or disabled user.
@@ -31,6 +46,17 @@ class UserProvider(Protocol):
 
     def get_details(self, username: str) -> UserDetails | None:
         """Fresh details (groups) for a logged-in user; None when the user is gone or disabled."""
+
+    def username_for_email(self, email: str) -> str | None:
+        """The one enabled user with this e-mail address (a reset asked for by address), else None."""
+
+    def change_password(self, username: str, old_password: str, new_password: str) -> None:
+        """Replace a password, proving the old one (the users file; OpenLDAP's Password Modify as the user; AD's
+        unicodePwd delete + add). Raises PasswordRejected (wrong old password included), BackendUnavailable."""
+
+    def set_password(self, username: str, new_password: str) -> None:
+        """Set a password without the old one (a reset by e-mail): the users file, or the directory as the
+        service account (it needs the right to reset passwords). Raises PasswordRejected, BackendUnavailable."""
 
     def health(self) -> str | None:
         """None when the backend can serve, else a short reason."""
