@@ -153,3 +153,18 @@ def test_a_lost_second_factor_is_removed_by_an_emailed_link_after_the_password(s
     assert removed.headers["Location"] == "/2fa/setup"
     assert not portal.totp.has_totp("alice") and pyotp.TOTP(secret).now()
     assert verify(client, PROM).status_code == 200  # one factor still, as before
+
+
+def test_an_unreachable_mail_server_degrades_health_and_the_answer_stays_the_same(app_with, caplog):
+    from tests.servers import free_port
+
+    app = app_with(password_reset={"enable": True}, notifier={"smtp": {
+        "host": "127.0.0.1", "port": free_port(), "sender": "portal@example.test", "tls": "none", "timeout": "1s"}})
+    client = ProxiedClient(app)
+    health = page(client, "/api/health")
+    assert health.status_code == 200, "sign-ins still work"
+    assert health.json["status"] == "degraded" and health.json["checks"]["notifier"] == {"status": "down"}
+    answer = request_reset(client, "bob")
+    assert answer.status_code == 200 and "If the account exists" in answer.get_data(as_text=True)
+    app.portal.outbox.drain()
+    assert any("sending a message failed: ConnectionRefusedError" in r.getMessage() for r in caplog.records)
