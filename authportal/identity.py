@@ -1,6 +1,7 @@
 """Who is behind a request, as the verify path needs it: name, groups, factor level and the headers to pass."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +18,27 @@ def header_value(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What a limited API token may ask for: these methods (empty: any) on paths one of `resources` finds."""
+
+    methods: frozenset[str]
+    resources: tuple[re.Pattern[str], ...]
+
+    def allow(self, method: str, target: str) -> bool:
+        """`target`: the normalised path plus ?query, as the rules see it."""
+        if self.methods and method not in self.methods:
+            return False
+        return not self.resources or any(pattern.search(target) for pattern in self.resources)
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     user: str
     groups: frozenset[str]
     level: int
     headers: tuple[tuple[str, str], ...]
+    #: A limited API token's limits (None: only the rules limit it).
+    limits: RequestLimits | None = None
 
     @classmethod
     def build(cls, user: str, groups: list[str] | tuple[str, ...], name: str, email: str, level: int) -> Identity:

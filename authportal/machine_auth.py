@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
+import re
 import secrets
 import threading
 import time
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .credentials import CredentialChecks
-from .identity import ONE_FACTOR, Identity
+from .identity import ONE_FACTOR, Identity, RequestLimits
 from .tokens import PREFIX
 
 
@@ -165,4 +167,8 @@ class MachineAuthenticator:
         if info.scope:
             allowed = {s.partition(":")[2] for s in info.scope if s.startswith("group:")}
             groups = tuple(g for g in groups if g in allowed)
-        return Identity.build(details.username, groups, details.display_name, details.email, ONE_FACTOR)
+        identity = Identity.build(details.username, groups, details.display_name, details.email, ONE_FACTOR)
+        if info.methods or info.resources:
+            limits = RequestLimits(frozenset(info.methods), tuple(re.compile(r) for r in info.resources))
+            identity = dataclasses.replace(identity, limits=limits)
+        return identity

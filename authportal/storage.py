@@ -73,6 +73,8 @@ api_tokens = sa.Table(
     sa.Column("username", sa.String(256), nullable=False, index=True),
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("scope", sa.Text, nullable=False, default=""),  # comma-separated subjects, "" = all of the owner's
+    sa.Column("methods", sa.Text, nullable=False, server_default=""),  # comma-separated methods, "" = any
+    sa.Column("resources", sa.Text, nullable=False, server_default=""),  # JSON list of path regexes, "" = any
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float),
     sa.Column("last_used_at", sa.Float),
@@ -175,15 +177,16 @@ class Storage:
                 connect_args={"connect_timeout": 3},
             )
 
-    def migrate(self) -> tuple[SchemaState, SchemaState]:
-        """Apply the pending schema revisions; (before, after). Refuses a schema newer than this code.
+    def migrate(self, target: str = "head") -> tuple[SchemaState, SchemaState]:
+        """Apply the pending schema revisions (up to `target`); (before, after). Refuses a schema newer than
+        this code.
 
         Several instances starting at once: one migrates, the others wait for the
         lock and then find nothing left to do.
         """
         try:
             with self._schema_lock() as conn:
-                return migrations.upgrade(conn)
+                return migrations.upgrade(conn, target)
         except (SchemaRefused, CommandError) as exc:
             raise StorageUnavailable(str(exc)) from exc
         except StorageUnavailable as exc:

@@ -7,7 +7,9 @@ hash (a unique index), which also keeps the comparison free of timing leaks.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -38,6 +40,9 @@ class TokenInfo:
     expires_at: float | None
     last_used_at: float | None
     revoked_at: float | None
+    #: What the token may do at most (empty: anything its owner's rules allow): methods, and path regexes.
+    methods: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
 
     def state(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -59,24 +64,30 @@ class TokenService:
         self.clock = clock
 
     def create(self, username: str, name: str, expires_in: float | None = None,
-               scope: list[str] | tuple[str, ...] = ()) -> tuple[str, TokenInfo]:
-        """A new token (to show once) and its info; `scope` narrows it to some of the owner's subjects."""
+               scope: list[str] | tuple[str, ...] = (), methods: list[str] | tuple[str, ...] = (),
+               resources: list[str] | tuple[str, ...] = ()) -> tuple[str, TokenInfo]:
+        """A new token (to show once) and its info; `scope` narrows it to some of the owner's subjects,
+        `methods` and `resources` (regexes searched in the path, like a rule's) to some requests."""
         name = name.strip()
         if not name or len(name) > 128 or not name.isprintable():
             raise ValueError("the token name must be 1 to 128 printable characters")
         if expires_in is not None and expires_in <= 0:
             raise ValueError("the expiry must be a positive duration")
         scope = tuple(_check_subject(s) for s in scope)
+        methods = tuple(_check_method(m) for m in methods)
+        resources = tuple(_check_resource(r) for r in resources)
         token = PREFIX + secrets.token_urlsafe(32)
         now = self.clock()
         expires_at = None if expires_in is None else now + expires_in
         with self.storage.begin() as conn:
             token_id = conn.execute(api_tokens.insert().values(
                 token_hash=hash_token(token), username=username, name=name, scope=",".join(scope),
+                methods=",".join(methods), resources=json.dumps(resources) if resources else "",
                 created_at=now, expires_at=expires_at,
             )).inserted_primary_key[0]
         info = TokenInfo(id=token_id, username=username, name=name, scope=scope, created_at=now,
-                         expires_at=expires_at, last_used_at=None, revoked_at=None)
+                         expires_at=expires_at, last_used_at=None, revoked_at=None, methods=methods,
+                         resources=resources)
         return token, info
 
     def list(self, username: str | None = None) -> list[TokenInfo]:
@@ -128,9 +139,25 @@ def _check_subject(subject: str) -> str:
     return subject
 
 
+def _check_method(method: str) -> str:
+    method = method.strip().upper()
+    if not re.fullmatch(r"[A-Z]{1,32}", method):
+        raise ValueError(f"method {method!r} is not an HTTP method")
+    return method
+
+
+def _check_resource(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"resource {pattern!r} is not a regular expression: {exc}") from None
+    return pattern
+
+
 def _info(row: Any) -> TokenInfo:
     return TokenInfo(
         id=row.id, username=row.username, name=row.name, scope=tuple(s for s in row.scope.split(",") if s),
         created_at=row.created_at, expires_at=row.expires_at, last_used_at=row.last_used_at,
-        revoked_at=row.revoked_at,
+        revoked_at=row.revoked_at, methods=tuple(m for m in row.methods.split(",") if m),
+        resources=tuple(json.loads(row.resources)) if row.resources else (),
     )

@@ -135,6 +135,10 @@ class Verifier:
                                    decision.policy, "busy")
             if identity is not None:
                 decision = self.rules.decide(host, target, method, client_ip, identity.user, identity.groups)
+                if identity.limits is not None and not identity.limits.allow(method, target):
+                    self._audit_denied(identity, client_ip, url, method, decision.rule, environ,
+                                       "outside the token's methods and resources")
+                    return Outcome(403, [], decision.policy, "forbidden")
         policy = decision.policy
 
         if policy == "bypass":

@@ -86,10 +86,10 @@ def authportal(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
 
 
-def create_token(stack: NginxStack, user: str, name: str) -> tuple[str, str]:
+def create_token(stack: NginxStack, user: str, name: str, *limits: str) -> tuple[str, str]:
     """(stdout exactly as printed, token id): what `authportal tokens create` gives a script."""
     config = str(stack.portal.setup.config_path)
-    created = authportal("tokens", "create", user, "--name", name, "--config", config)
+    created = authportal("tokens", "create", user, "--name", name, *limits, "--config", config)
     assert created.returncode == 0, created.stderr
     assert re.fullmatch(r"ap_[A-Za-z0-9_-]{43}\n", created.stdout), "stdout holds the token alone"
     listed = authportal("tokens", "list", user, "--config", config)
@@ -218,6 +218,29 @@ def test_basic_and_token_requests_through_nginx(stack, upstream):
     anonymous = requests.get(app(stack, base + "anonymous"), allow_redirects=False, timeout=10)
     assert anonymous.status_code == 302 and anonymous.headers["Location"].startswith(stack.portal_base + "/?rd=")
     assert all(reached(upstream, base + name) == [] for name in ("unknown", "revoked", "anonymous"))
+
+
+GRAFANA_READS = r"^/prometheus/api/v1/(query|query_range|series|labels|label/)"
+
+
+def test_a_token_limited_to_queries_reads_them_and_nothing_else(stack, upstream):
+    """`tokens create --methods GET,HEAD --resources REGEX`: a Grafana data source that can only read queries."""
+    printed, _ = create_token(stack, "alice", "grafana-read", "--methods", "GET,HEAD", "--resources", GRAFANA_READS)
+    listed = authportal("tokens", "list", "alice", "--config", str(stack.portal.setup.config_path)).stdout
+    assert "GET,HEAD" in listed and GRAFANA_READS in listed
+    bearer = {"Authorization": f"Bearer {printed.strip()}"}
+    query = "/prometheus/api/v1/query_range?query=up&client=limited"
+    assert requests.get(app(stack, query), headers=bearer, allow_redirects=False, timeout=10).status_code == 200
+    [seen] = reached(upstream, query)
+    assert seen.headers["Remote-User"] == "alice"
+    for method, path in (("POST", "/prometheus/api/v1/query?client=limited-post"),  # a method it may not use
+                         ("GET", "/prometheus/api/v1/status/config?client=limited"),  # alice may, the token not
+                         ("GET", "/prometheus/api/v1/admin/tsdb/snapshot?client=limited")):
+        refused = requests.request(method, app(stack, path), headers=bearer, allow_redirects=False, timeout=10)
+        assert refused.status_code == 403, (method, path)
+        assert reached(upstream, path) == []
+    audit = (stack.portal.setup.directory / "audit.log").read_text()
+    assert audit.count("outside the token's methods and resources") == 3
 
 
 def metric(stack: NginxStack, name: str, **labels: str) -> float:

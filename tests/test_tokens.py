@@ -142,8 +142,9 @@ def test_cli_create_list_revoke(tmp_path):
     listed = run(tokens_cli, ["list", *base, "alice"])
     assert listed.exit_code == 0
     header, row = listed.output.strip().splitlines()
-    assert header.split() == ["ID", "USER", "NAME", "SCOPE", "CREATED", "EXPIRES", "LAST", "USED", "STATE"]
-    assert row.split()[:4] == ["1", "alice", "grafana", "group:monitoring"] and row.endswith("active")
+    assert header.split() == ["ID", "USER", "NAME", "SCOPE", "METHODS", "RESOURCES", "CREATED", "EXPIRES", "LAST", "USED",
+                              "STATE"]
+    assert row.split()[:6] == ["1", "alice", "grafana", "group:monitoring", "(any)", "(any)"] and row.endswith("active")
     assert token not in listed.output
     assert run(tokens_cli, ["list", *base, "bob"]).output.strip() == "no API tokens"
 

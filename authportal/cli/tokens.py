@@ -37,10 +37,16 @@ def tokens() -> None:
 @click.option("--expires", type=Duration(), default=None, help="Lifetime, e.g. 90d (default: never expires).")
 @click.option("--scope", multiple=True, metavar="SUBJECT",
               help="Limit to group:NAME or user:NAME of the owner's (repeatable; default: all of them).")
-def create(config_path: str, username: str, name: str, expires: float | None, scope: tuple[str, ...]) -> None:
+@click.option("--methods", default="", metavar="M,...",
+              help="Only these HTTP methods, e.g. GET,HEAD (default: any the rules allow).")
+@click.option("--resources", multiple=True, metavar="REGEX",
+              help="Only paths (with ?query) this regex finds, as in a rule's resources (repeatable; default: any).")
+def create(config_path: str, username: str, name: str, expires: float | None, scope: tuple[str, ...],
+           methods: str, resources: tuple[str, ...]) -> None:
     with open_storage(config_path) as (_config, storage):
         try:
-            token, info = TokenService(storage).create(username, name, expires, list(scope))
+            token, info = TokenService(storage).create(username, name, expires, list(scope),
+                                                       [m for m in methods.split(",") if m.strip()], list(resources))
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         audit("token_create", user=username, token_id=info.id, token_name=name, actor="cli")
@@ -60,10 +66,11 @@ def list_(config_path: str, username: str | None) -> None:
         click.echo("no API tokens")
         return
     now = time.time()
-    rows = [("ID", "USER", "NAME", "SCOPE", "CREATED", "EXPIRES", "LAST USED", "STATE")]
+    rows = [("ID", "USER", "NAME", "SCOPE", "METHODS", "RESOURCES", "CREATED", "EXPIRES", "LAST USED", "STATE")]
     rows += [
-        (str(i.id), i.username, i.name, ",".join(i.scope) or "(all)", format_time(i.created_at),
-         format_time(i.expires_at, "never"), format_time(i.last_used_at, "never"), i.state(now))
+        (str(i.id), i.username, i.name, ",".join(i.scope) or "(all)", ",".join(i.methods) or "(any)",
+         " ".join(i.resources) or "(any)", format_time(i.created_at), format_time(i.expires_at, "never"),
+         format_time(i.last_used_at, "never"), i.state(now))
         for i in infos
     ]
     print_table(rows)

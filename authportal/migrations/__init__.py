@@ -102,8 +102,9 @@ def latest() -> str:
     return head
 
 
-def upgrade(conn: Connection) -> tuple[SchemaState, SchemaState]:
-    """Apply every pending revision on `conn` (its transaction holds the schema lock); (before, after)."""
+def upgrade(conn: Connection, target: str = "head") -> tuple[SchemaState, SchemaState]:
+    """Apply the pending revisions up to `target` on `conn` (its transaction holds the schema lock);
+    (before, after)."""
     before = read_state(conn)
     if before.problem is not None:
         raise SchemaRefused(before.problem)
@@ -116,7 +117,7 @@ def upgrade(conn: Connection) -> tuple[SchemaState, SchemaState]:
     config.set_main_option("script_location", str(SCRIPTS))
     config.attributes["connection"] = conn
     with _alembic_in_use:
-        command.upgrade(config, "head")
+        command.upgrade(config, target)
     after = read_state(conn)
     log.info("storage: schema migrated from revision %s to %s", before.current or "none", after.current)
     return before, after

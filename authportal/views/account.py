@@ -30,6 +30,9 @@ from .shared import check_csrf, current_portal, current_session
 
 bp = Blueprint("account", __name__)
 
+#: The "read-only" preset of a token made on the tokens page (a Grafana data source reads, never writes).
+READ_ONLY = ("GET", "HEAD")
+
 
 @bp.context_processor
 def _why_second_factor() -> dict[str, Any]:
@@ -116,7 +119,8 @@ def tokens() -> Response:
             error = "Give the token a name (what will use it)."
         if error is None:
             try:
-                created, info = portal.tokens.create(session["user"], name, expires or None, [])
+                methods = READ_ONLY if request.form.get("read_only") else ()
+                created, info = portal.tokens.create(session["user"], name, expires or None, [], methods)
             except ValueError as exc:
                 error = str(exc).capitalize() + "."
             else:
