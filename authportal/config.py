@@ -212,18 +212,100 @@ class ServerConfig(Model):
         return int(self.address.rpartition(":")[2])
 
 
-class RedisConfig(SecretsMixin):
+def _readable(key: str, path: Path) -> None:
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise SiblingProblem(key, f"cannot read {path}: {exc.strerror}") from None
+
+
+class TlsFilesConfig(Model):
+    """A CA to verify the server with and a client certificate (LDAP's and Redis's `tls`). Checked by loading the
+    files as the client will, so a wrong path or PEM fails check-config too."""
+
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: Annotated[ConfigPath | None, Field(validate_default=True)] = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_loads(cls, ca_file: Path | None) -> Path | None:
+        if ca_file is not None:
+            _readable("ca_file", ca_file)
+            try:
+                ssl.create_default_context(cafile=str(ca_file))
+            except ssl.SSLError as exc:
+                raise ValueError(f"{ca_file} holds no PEM certificate ({exc.reason})") from None
+        return ca_file
+
+    @field_validator("key_file")
+    @classmethod
+    def _client_certificate_loads(cls, key_file: Path | None, info: ValidationInfo) -> Path | None:
+        if "cert_file" not in info.data:  # invalid: reported at its key
+            return key_file
+        cert_file = info.data["cert_file"]
+        if cert_file is None:
+            if key_file is not None:
+                raise ValueError("set cert_file too: a key is no certificate")
+            return key_file
+        _readable("cert_file", cert_file)
+        if key_file is not None:
+            _readable("key_file", key_file)
+        try:  # an empty passphrase: an encrypted key fails here rather than prompting at start-up
+            ssl.create_default_context().load_cert_chain(str(cert_file), str(key_file) if key_file else None, "")
+        except ssl.SSLError as exc:
+            raise SiblingProblem("cert_file", "not a PEM certificate with its unencrypted key (key_file) "
+                                              f"({exc.reason})") from None
+        return key_file
+
+
+class RedisSentinelConfig(SecretsMixin):
+    """Where the sentinels are and how to sign in to them (the Redis servers take session.redis's username and
+    password)."""
+
     _secret_fields = ("password",)
-    url: str
+    master_name: Annotated[str, Field(min_length=1)]
+    nodes: Annotated[list[Annotated[str, BeforeValidator(_host_port)]], Field(min_length=1)]
+    username: str | None = None
     password: SecretStr | None = None
+
+
+class RedisConfig(SecretsMixin):
+    """One Redis (`url`) or the primary a set of sentinels names (`sentinel`); reached by `redis_client.py`."""
+
+    _secret_fields = ("password",)
+    url: str | None = None
+    sentinel: Annotated[RedisSentinelConfig | None, Field(validate_default=True)] = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: Annotated[TlsFilesConfig | None, Field(validate_default=True)] = None
     timeout: Duration = 2.0
 
     @field_validator("url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("sentinel")
+    @classmethod
+    def _url_or_sentinel(cls, sentinel: RedisSentinelConfig | None, info: ValidationInfo) -> RedisSentinelConfig | None:
+        if "url" not in info.data:  # invalid: reported at its key
+            return sentinel
+        if sentinel is not None and info.data["url"] is not None:
+            raise ValueError("set either session.redis.url or session.redis.sentinel, not both")
+        if sentinel is None and info.data["url"] is None:
+            raise SiblingProblem("url", "required key is missing (or session.redis.sentinel)")
+        return sentinel
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_needs_rediss(cls, tls: TlsFilesConfig | None, info: ValidationInfo) -> TlsFilesConfig | None:
+        url = info.data.get("url")
+        if tls is not None and url is not None and urlsplit(url).scheme != "rediss":
+            raise ValueError("needs a rediss:// URL (session.redis.url): TLS files for a connection without TLS")
+        return tls
 
 
 class SessionConfig(Model):
@@ -269,9 +351,10 @@ class FileBackendConfig(Model):
 
 LdapImplementation = Literal["custom", "openldap", "activedirectory", "freeipa", "rfc2307bis"]
 
+# No "(!(pwdLastSet=0))": a user who must change the password at next logon (or whose password expired) is
+# found, so that the right password leads to the change-password form (the provider refuses them elsewhere).
 _AD_ACCOUNT_ENABLED = (
     "(!(userAccountControl:1.2.840.113556.1.4.803:=2))"
-    "(!(pwdLastSet=0))"
     "(|(!(accountExpires=*))(accountExpires=0)(accountExpires>={date-time:microsoft-nt}))"
 )
 _STANDARD_ATTRIBUTES = {"username_attribute": "uid", "mail_attribute": "mail",
@@ -295,8 +378,7 @@ LDAP_PRESETS: dict[str, dict[str, str]] = {
     "activedirectory": {
         **_STANDARD_ATTRIBUTES,
         "username_attribute": "sAMAccountName",
-        # Login by sAMAccountName or userPrincipalName; normal user accounts only; enabled, not expired,
-        # no pending password change.
+        # Login by sAMAccountName or userPrincipalName; normal user accounts only; enabled, not expired.
         "users_filter": (
             "(&(|({username_attribute}={input})(userPrincipalName={input}))"
             "(sAMAccountType=805306368)" + _AD_ACCOUNT_ENABLED + ")"
@@ -585,6 +667,9 @@ class AccessRule(Model):
     policy: Policy
     #: Accept HTTP Basic / Bearer tokens here; unset = authentication.basic_auth.
     basic_auth: bool | None = None
+    #: Step-up: the password (and, for two_factor, the second factor) must have been checked at most this long
+    #: ago, even inside a longer session; else the portal asks again ("Confirm it's you").
+    max_age: Duration | None = Field(default=None, gt=0)
 
     @field_validator("domain_regex", "resources")
     @classmethod
@@ -735,6 +820,10 @@ class Config(SecretsMixin):
         ldap = self.authentication.ldap
         if self.authentication.backend == "ldap" and ldap and ldap.tls.skip_verify:
             found.append("authentication.ldap.tls.skip_verify is true: the directory's certificate is NOT verified")
+        if (self.authentication.backend == "ldap" and ldap and ldap.implementation == "activedirectory"
+                and not ldap.start_tls and any(url.startswith("ldap://") for url in ldap.url)):
+            found.append("authentication.ldap.url is plain ldap:// without start_tls: Active Directory refuses "
+                         "password changes and resets in clear, and the portal does not send them so")
         if self.access_control.default_policy == "bypass" and not self.access_control.rules:
             found.append("access_control.default_policy is bypass and there are no rules: nothing is protected")
         for net in self.server.trusted_proxies:

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
+
 from .authentication import UserProvider
 from .authentication.users_file import UsersFileProvider, open_users_file
 from .authorization import AccessRules
@@ -21,6 +23,7 @@ from .machine_auth import CredentialCache
 from .metrics import Metrics
 from .passwords import PasswordHasher
 from .proxies import TrustedProxies
+from .redis_client import connect, limits_storage
 from .refresh import DetailsRefresher
 from .regulation import Regulator
 from .secretbox import SecretBox
@@ -74,16 +77,11 @@ def build_provider(config: Config) -> UserProvider:
     return open_users_file(auth.file, PasswordHasher(auth.file.password))
 
 
-def build_regulator(config: Config) -> Regulator:
+def build_regulator(config: Config, redis_client: redis.Redis | None) -> Regulator:
     """Bans live where sessions live: in Redis when configured (shared by every instance), else in memory."""
-    redis = config.session.redis
-    if redis is None:
+    if redis_client is None:
         return Regulator(config.regulation)
-    options: dict[str, float | str | bool] = {"socket_timeout": redis.timeout,
-                                             "socket_connect_timeout": redis.timeout}
-    if redis.password is not None:
-        options["password"] = redis.password.get_secret_value()
-    return Regulator(config.regulation, redis.url, **options)
+    return Regulator(config.regulation, limits_storage(redis_client))
 
 
 def build_readiness(config: Config, provider: UserProvider, storage: Storage, sessions: SessionStore,
@@ -105,7 +103,9 @@ def build_portal(config: Config) -> Portal:
     box = SecretBox(secret_key)
     box.verify_key(storage)
     provider = build_provider(config)
-    sessions = open_session_store(config.session, storage)
+    # One client (one pool) for sessions and bans: plain URL, TLS, ACL user or Sentinel (redis_client.py).
+    redis_client = connect(config.session.redis) if config.session.redis is not None else None
+    sessions = open_session_store(config.session, storage, redis_client)
     metrics = Metrics()
     hits, misses = metrics.cache_lookups.labels("hit"), metrics.cache_lookups.labels("miss")
 
@@ -123,7 +123,7 @@ def build_portal(config: Config) -> Portal:
     else:
         assert config.authentication.ldap is not None
         refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)
-    regulator = build_regulator(config)
+    regulator = build_regulator(config, redis_client)
     login_gate = threading.BoundedSemaphore(config.server.threads - 2)
     portal = Portal(
         config=config, provider=provider, storage=storage, sessions=sessions,
@@ -138,4 +138,6 @@ def build_portal(config: Config) -> Portal:
         readiness=build_readiness(config, provider, storage, sessions, metrics),
     )
     portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
+    if redis_client is not None:
+        portal.closers.insert(0, redis_client.close)
     return portal

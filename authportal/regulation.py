@@ -1,7 +1,8 @@
 """Regulation: too many failed logins ban the user (and the client IP) for a while.
 
 Counters live in the `limits` library's storage: in memory, or in Redis when
-sessions use Redis, so every instance sees the same bans. A moving window of
+sessions use Redis (on their client, `redis_client.limits_storage`), so every
+instance sees the same bans, also after a Sentinel failover. A moving window of
 `max_retries` failures per `find_time` trips a ban; the ban itself is a
 one-slot window of `ban_time` that is consumed when imposed.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from limits import RateLimitItemPerSecond
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, Storage
 from limits.strategies import MovingWindowRateLimiter
 
 from .audit import audit
@@ -30,11 +31,10 @@ def user_key(username: str) -> str:
 
 
 class Regulator:
-    def __init__(self, config: RegulationConfig, storage_uri: str = "memory://",
-                 **storage_options: float | str | bool):
-        """`storage_uri` is a `limits` storage (memory:// or the sessions' redis://), options go to its client."""
+    def __init__(self, config: RegulationConfig, storage: Storage | None = None):
+        """`storage`: a `limits` storage (the sessions' Redis); None keeps the counts in this process's memory."""
         self.config = config
-        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri, **storage_options))
+        self._limiter = MovingWindowRateLimiter(storage if storage is not None else MemoryStorage())
         window = max(1, int(config.find_time))
         self._user_failures = RateLimitItemPerSecond(config.max_retries, window, namespace="ap-fail-user")
         self._ip_failures = (RateLimitItemPerSecond(config.ip_max_retries, window, namespace="ap-fail-ip")

@@ -84,14 +84,23 @@ def run(config: Config, config_path: str, workers: int | None = None, threads: i
         report_config_errors(ConfigError(problems))
         return EXIT_CONFIG
     try:
-        create_app(config).close()  # open every backend once: fail now, not in each worker
+        app = create_app(config)  # open every backend once: fail now, not in each worker
     except (BackendUnavailable, StorageUnavailable, Exception) as exc:
         log.error("cannot start: %s", exc)
+        return EXIT_RUNTIME
+    # Redis connects lazily: ask it once, so a wrong CA, password or ACL is an exit 1 with the reason now.
+    redis_problem = app.portal.sessions.backend.health() if config.session.redis is not None else None
+    app.close()
+    if redis_problem is not None:
+        log.error("cannot start: session.redis: %s", redis_problem)
         return EXIT_RUNTIME
     os.environ[CONFIG_PATH_ENV] = os.path.abspath(config_path)
     log.info("authportal listening on %s (portal %s), %d worker(s) x %d threads",
              config.server.address, config.portal_url, workers, threads)
     _active["config"] = config
+    # Restarts drop nothing (tests/test_high_availability.py): on SIGTERM granian closes the listening socket (a
+    # proxy's next connection is refused and goes to another instance) and each worker finishes the requests it
+    # has, for up to workers_kill_timeout; on SIGHUP the new worker starts before the old one is stopped.
     server = Server(
         "authportal.server:worker_app", address=config.server.host, port=config.server.port,
         interface=Interfaces.WSGI, workers=workers, blocking_threads=threads, factory=True,

@@ -18,17 +18,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from .config import SessionConfig
+from .config import RedisConfig, SessionConfig
+from .redis_client import REVOKED_CHANNEL, SESSION_PREFIX, explain
 from .storage import Storage, StorageUnavailable
 
 log = logging.getLogger("authportal.sessions")
 
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_\-]{43}")
-REDIS_PREFIX = "authportal:session:"
-REVOKED_CHANNEL = "authportal:session:revoked"
 MAX_CACHED = 100_000
 
 
@@ -72,53 +69,81 @@ class DatabaseSessions:
 
 
 class RedisSessions:
-    """Sessions in Redis, with their expiry as the key's TTL; logouts are broadcast to every instance."""
+    """Sessions in Redis, with their expiry as the key's TTL; logouts are broadcast to every instance.
 
-    def __init__(self, client: redis.Redis):
+    The client comes from `redis_client.connect`: with Sentinel it follows a failover by itself, and the
+    revocation listener subscribes again on the new primary.
+    """
+
+    def __init__(self, client: redis.Redis, config: RedisConfig):
         self.client = client
+        self.config = config
 
     def load(self, session_id: str) -> dict[str, Any] | None:
         try:
-            raw = self.client.get(REDIS_PREFIX + session_id)
+            raw = self.client.get(SESSION_PREFIX + session_id)
         except redis.RedisError as exc:
-            raise SessionStoreUnavailable(f"redis: {exc}") from exc
+            raise SessionStoreUnavailable(f"redis: {explain(exc, self.config)}") from exc
         return json.loads(raw) if raw else None
 
     def save(self, session_id: str, data: dict[str, Any], expires_at: float) -> None:
         ttl = max(1, int(expires_at - time.time()))
         try:
-            self.client.set(REDIS_PREFIX + session_id, json.dumps(data), ex=ttl)
+            self.client.set(SESSION_PREFIX + session_id, json.dumps(data), ex=ttl)
         except redis.RedisError as exc:
-            raise SessionStoreUnavailable(f"redis: {exc}") from exc
+            raise SessionStoreUnavailable(f"redis: {explain(exc, self.config)}") from exc
 
     def delete(self, session_id: str) -> None:
         try:
             with self.client.pipeline() as pipe:
-                pipe.delete(REDIS_PREFIX + session_id)
+                pipe.delete(SESSION_PREFIX + session_id)
                 pipe.publish(REVOKED_CHANNEL, session_id)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise SessionStoreUnavailable(f"redis: {exc}") from exc
+            raise SessionStoreUnavailable(f"redis: {explain(exc, self.config)}") from exc
 
     def health(self) -> str | None:
         try:
             self.client.ping()
         except redis.RedisError as exc:
-            return str(exc)
+            return explain(exc, self.config)
         return None
 
     def listen_for_revocations(self, forget: Callable[[str], None], stop: threading.Event) -> None:
-        """Background loop: drop revoked ids from this worker's cache; reconnects after outages."""
+        """Background loop: drop revoked ids from this worker's cache.
+
+        After an outage or a failover it subscribes again (on the new primary: the client asks the sentinels),
+        and logs where it listens whenever that changes. A broadcast missed meanwhile costs at most
+        `session.cache_ttl`: a cached session is read again from Redis after that.
+        """
+        listening_on: str | None = None
         while not stop.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(REVOKED_CHANNEL)
                 while not stop.is_set():
+                    where = _address(pubsub.connection)
+                    if where is not None and where != listening_on:
+                        log.info("listening for session revocations on %s", where)
+                        listening_on = where
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
                         forget(message["data"].decode() if isinstance(message["data"], bytes) else message["data"])
-            except redis.RedisError:
+            except redis.RedisError as exc:
+                if listening_on is not None:
+                    log.warning("session revocations: %s; subscribing again", explain(exc, self.config))
+                    listening_on = None
                 stop.wait(1.0)
+            finally:
+                pubsub.close()
+
+
+def _address(connection: Any) -> str | None:
+    """host:port (or the socket path) a redis-py connection is connected to; None when it is not."""
+    if connection is None:
+        return None
+    host = getattr(connection, "host", None)
+    return f"{host}:{connection.port}" if host else str(getattr(connection, "path", "a socket"))
 
 
 class SessionStore:
@@ -190,13 +215,9 @@ class SessionStore:
         self._stop.set()
 
 
-def open_session_store(config: SessionConfig, storage: Storage) -> SessionStore:
-    if config.redis is None:
+def open_session_store(config: SessionConfig, storage: Storage, client: redis.Redis | None = None) -> SessionStore:
+    """Sessions in Redis when `client` is given (from `redis_client.connect`), else in the storage database."""
+    if client is None:
         return SessionStore(DatabaseSessions(storage), config)
-    password = config.redis.password.get_secret_value() if config.redis.password else None
-    client = redis.Redis.from_url(
-        config.redis.url, password=password, socket_timeout=config.redis.timeout,
-        socket_connect_timeout=config.redis.timeout, health_check_interval=30,
-        retry=Retry(NoBackoff(), 1),  # one quick retry after a dropped connection, then deny
-    )
-    return SessionStore(RedisSessions(client), config)
+    assert config.redis is not None
+    return SessionStore(RedisSessions(client, config.redis), config)

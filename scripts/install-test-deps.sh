@@ -3,6 +3,7 @@
 # Services never start by themselves here: the tests start their own copies on loopback.
 set -euo pipefail
 # libnginx-mod-http-ndk + -set-misc: set_escape_uri, as ingress-nginx uses (examples/nginx/ingress-nginx/).
+# redis-server also runs the Sentinel tests' sentinels (`redis-server CONF --sentinel`, what redis-sentinel runs).
 # systemd: only for `systemd-analyze verify/security` on examples/systemd/ (nothing starts it); curl: examples/machine-clients/curl.md.
 packages=(nginx libnginx-mod-http-ndk libnginx-mod-http-set-misc redis-server slapd ldap-utils samba samba-ad-dc samba-ad-provision winbind krb5-user
           haproxy caddy prometheus prometheus-alertmanager chromium chromium-driver postgresql

@@ -54,6 +54,9 @@ PATH_KEYS = {  # key -> the relative path the test config gives it
     "authentication.ldap.tls.ca_file": "tls/ca.pem",
     "authentication.ldap.tls.cert_file": "tls/client.pem",
     "authentication.ldap.tls.key_file": "tls/client.key",
+    "session.redis.tls.ca_file": "tls/ca.pem",
+    "session.redis.tls.cert_file": "tls/client.pem",
+    "session.redis.tls.key_file": "tls/client.key",
     "storage.sqlite.path": "data/db.sqlite3",
     "log.audit_file": "logs/audit.log",
 }
@@ -61,6 +64,7 @@ SECRET_FILE_KEYS = {  # key -> (relative file, the key its content lands in)
     "secret_key_file": ("secrets/key", "secret_key"),
     "authentication.ldap.password_file": ("secrets/ldap", "authentication.ldap.password"),
     "session.redis.password_file": ("secrets/redis", "session.redis.password"),
+    "session.redis.sentinel.password_file": ("secrets/sentinel", "session.redis.sentinel.password"),
     "storage.postgres.password_file": ("secrets/postgres", "storage.postgres.password"),
 }
 
@@ -85,7 +89,10 @@ def test_every_relative_path_is_taken_from_the_config_folder(tmp_path, monkeypat
     document = setup.document()
     del document["secret_key"]
     document["secret_key_file"] = "secrets/key"
-    document["session"]["redis"] = {"url": "redis://127.0.0.1:6379/0", "password_file": "secrets/redis"}
+    document["session"]["redis"] = {  # sentinel rather than url: it has a secret of its own
+        "sentinel": {"master_name": "portal", "nodes": ["127.0.0.1:26379"], "password_file": "secrets/sentinel"},
+        "password_file": "secrets/redis",
+        "tls": {"ca_file": "tls/ca.pem", "cert_file": "tls/client.pem", "key_file": "tls/client.key"}}
     document["authentication"]["ldap"] = {
         "url": "ldap://127.0.0.1:1", "base_dn": "dc=example,dc=com", "user": "cn=portal",
         "password_file": "secrets/ldap",

@@ -16,7 +16,7 @@ import ldap3
 import pytest
 from ldap3.strategy.sync import SyncStrategy
 
-from authportal.authentication import BackendUnavailable, UserDetails
+from authportal.authentication import BackendUnavailable, PasswordChangeRequired, UserDetails
 from authportal.authentication.ldap import LdapUserProvider
 from authportal.config import LdapConfig
 from tests.servers import free_port
@@ -404,7 +404,6 @@ def test_ad_wrong_password_unknown_user_and_injection(ad, samba_ad):
 @pytest.mark.parametrize(("user", "reason"), [
     ("frank", "account disabled"),
     ("hank", "account expired"),
-    ("gina", "password must be changed at next logon"),
 ])
 def test_ad_refused_accounts_are_logged_with_the_reason(ad, samba_ad, caplog, user, reason):
     with caplog.at_level(logging.INFO, logger=LOGGER):
@@ -413,6 +412,18 @@ def test_ad_refused_accounts_are_logged_with_the_reason(ad, samba_ad, caplog, us
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(user in m and reason in m for m in warnings), warnings
     assert samba_ad.PASSWORDS[user] not in caplog.text
+
+
+def test_ad_must_change_account_has_no_session_until_changed(ad, samba_ad, caplog):
+    # gina's right password asks for a new one (PasswordChangeRequired: test_ldap_passwords.py); a session's
+    # refresh refuses her, with the reason in the log
+    with caplog.at_level(logging.INFO, logger=LOGGER), pytest.raises(PasswordChangeRequired):
+        ad.check_password("gina", samba_ad.PASSWORDS["gina"])
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert ad.get_details("gina") is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("gina" in m and "password must be changed at next logon" in m for m in warnings), warnings
+    assert samba_ad.PASSWORDS["gina"] not in caplog.text
 
 
 def test_ad_locked_out_account_is_refused(ad, samba_ad, caplog):

@@ -15,7 +15,11 @@ require strong auth = yes` is kept: a simple bind over plain ldap:// is refused
 Users: dave (dave ∈ ops ∈ prom-admins: nested), erin (monitoring), frank
 (disabled), gina (must change password at next logon), hank (account expired),
 ivan (for the lock-out test: the domain locks an account after
-LOCKOUT_THRESHOLD bad passwords).
+LOCKOUT_THRESHOLD bad passwords). Service accounts: authportal (reads only, as
+a plain domain user does) and authportal-reset (also holds the "Reset Password"
+right on the users in CN=Users). The domain's minimum password age is 0, so a
+password may be changed again at once (AD's default is one day), and `old password
+allowed period = 0`, so the old one stops working at once (Samba's default: 60 minutes).
 """
 from __future__ import annotations
 
@@ -73,7 +77,18 @@ for name in spec["must_change"]:
 m = ldb.Message()
 m.dn = ldb.Dn(db, db.domain_dn())
 m["lockoutThreshold"] = ldb.MessageElement(str(spec["lockout_threshold"]), ldb.FLAG_MOD_REPLACE, "lockoutThreshold")
+m["minPwdAge"] = ldb.MessageElement("0", ldb.FLAG_MOD_REPLACE, "minPwdAge")
 db.modify(m)
+# "Reset Password" (a control access right) on the user objects under CN=Users, inherited by them.
+from samba.dcerpc import security
+from samba.ndr import ndr_unpack
+from samba.sd_utils import SDUtils
+for name in spec["reset_rights"]:
+    found = db.search(base=db.domain_dn(), expression="(sAMAccountName=%s)" % name, attrs=["objectSid"])
+    sid = ndr_unpack(security.dom_sid, found[0]["objectSid"][0])
+    SDUtils(db).dacl_add_ace("CN=Users," + str(db.domain_dn()),
+                             "(OA;CIIO;CR;00299570-246d-11d0-a768-00aa006e0529;bf967aba-0de6-11d0-a285-00aa003049e2;%s)"
+                             % sid)
 """
 
 
@@ -89,6 +104,10 @@ class SambaAD:
     SERVICE_USER = "authportal"
     SERVICE_DN = "CN=authportal,CN=Users,DC=example,DC=test"
     SERVICE_PASSWORD = "Svc-Pass!4711"
+    #: A second service account that may also reset users' passwords (unicodePwd replace).
+    RESET_USER = "authportal-reset"
+    RESET_DN = "CN=authportal-reset,CN=Users,DC=example,DC=test"
+    RESET_PASSWORD = "Rst-Pass!4712"
     LOCKOUT_THRESHOLD = LOCKOUT_THRESHOLD
 
     #: sAMAccountName -> (password, given name, surname)
@@ -218,6 +237,31 @@ class SambaAD:
                                f"{result.stdout}{result.stderr}")
         return result
 
+    def add_user(self, name: str, password: str, must_change: bool = False) -> str:
+        """A user of a test's own (give it a unique name: the session's DC is shared), added over LDAPS as
+        Administrator, faster than samba-tool; `must_change` sets pwdLastSet=0. Returns the DN."""
+        dn = self.user_dn(name)
+        conn = self._admin_connection()
+        try:
+            attributes: dict[str, Any] = {
+                "sAMAccountName": name, "userPrincipalName": f"{name}@{self.UPN_SUFFIX}", "displayName": name,
+                "mail": f"{name}@{self.UPN_SUFFIX}", "userAccountControl": 512,
+                "unicodePwd": f'"{password}"'.encode("utf-16-le"),
+            }
+            if not conn.add(dn, ["top", "person", "organizationalPerson", "user"], attributes):
+                raise RuntimeError(f"adding {dn} failed: {conn.result}")
+            if must_change and not conn.modify(dn, {"pwdLastSet": [(ldap3.MODIFY_REPLACE, ["0"])]}):
+                raise RuntimeError(f"setting pwdLastSet=0 on {dn} failed: {conn.result}")
+        finally:
+            conn.unbind()
+        return dn
+
+    def _admin_connection(self) -> ldap3.Connection:
+        server = ldap3.Server(self.host, port=636, use_ssl=True, get_info=ldap3.NONE, connect_timeout=5,
+                              tls=ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(self.ca_file)))
+        return ldap3.Connection(server, user=self.user_dn("Administrator"), password=self.ADMIN_PASSWORD,
+                                auto_bind=True, receive_timeout=30, raise_exceptions=False)
+
     def _answers(self) -> bool:
         """The rootDSE answers over ldaps:// (TLS up, LDAP server ready)."""
         server = ldap3.Server(self.host, port=636, use_ssl=True, get_info=ldap3.NONE, connect_timeout=1,
@@ -263,6 +307,8 @@ class SambaAD:
             f"\tntp signd socket directory = {run / 'ntp_signd'}\n"
             "\tbind interfaces only = No\n"
             "\tserver services = ldap, kdc\n"
+            # A changed password stops working at once (Samba accepts the old one for 60 minutes by default).
+            "\told password allowed period = 0\n"
             "\ttls enabled = yes\n"
             f"\ttls keyfile = {tls / 'key.pem'}\n"
             f"\ttls certfile = {tls / 'cert.pem'}\n"
@@ -356,7 +402,8 @@ def provision_template(directory: Path) -> Path:
     log.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise RuntimeError(f"samba-tool domain provision failed ({result.returncode}):\n{tail(log)}")
-    users = {SambaAD.SERVICE_USER: {"password": SambaAD.SERVICE_PASSWORD}}
+    users = {SambaAD.SERVICE_USER: {"password": SambaAD.SERVICE_PASSWORD},
+             SambaAD.RESET_USER: {"password": SambaAD.RESET_PASSWORD}}
     for name, (password, given, surname) in SambaAD.USERS.items():
         users[name] = {"password": password, "given": given, "surname": surname,
                        "mail": f"{name}@{SambaAD.UPN_SUFFIX}"}
@@ -364,6 +411,7 @@ def provision_template(directory: Path) -> Path:
         "users": users, "groups": list(SambaAD.GROUPS), "members": SambaAD.MEMBERS,
         "disabled": list(SambaAD.DISABLED), "expired": list(SambaAD.EXPIRED),
         "must_change": list(SambaAD.MUST_CHANGE), "lockout_threshold": LOCKOUT_THRESHOLD,
+        "reset_rights": [SambaAD.RESET_USER],
     }
     result = subprocess.run(
         [SAMBA_PYTHON, "-c", _POPULATE, str(directory / "etc" / "smb.conf"), json.dumps(spec)],

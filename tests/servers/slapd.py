@@ -6,6 +6,10 @@ overlay fills ``memberOf`` only on online adds). ``stop()`` / ``start()`` /
 directory away and bring it back.
 
 Its certificates come from a throw-away CA (tests/servers/ca.py).
+
+The service account reads everything and may write (not read) `userPassword`, so it can reset passwords
+with Password Modify; each user may change their own. ``SlapdServer(dir, ppolicy=True)`` adds the password
+policy overlay with a default policy (`PPOLICY_DN`, below).
 """
 from __future__ import annotations
 
@@ -55,7 +59,17 @@ class SlapdServer:
         "monitoring": ("alice", "bob", "jsmith"),
     }
 
-    def __init__(self, directory: Path):
+    POLICIES_DN = "ou=policies,dc=example,dc=com"
+    PPOLICY_DN = "cn=default,ou=policies,dc=example,dc=com"
+    #: The default policy with `ppolicy=True`: a reset by the rootdn must be followed by the user's own change;
+    #: new passwords of 10 characters or more, none of the last 3; passwords expire after a day.
+    PPOLICY: ClassVar[dict[str, str]] = {
+        "pwdAttribute": "userPassword", "pwdMustChange": "TRUE", "pwdAllowUserChange": "TRUE", "pwdMinLength": "10",
+        "pwdCheckQuality": "1", "pwdInHistory": "3", "pwdMaxAge": "86400",
+    }
+
+    def __init__(self, directory: Path, ppolicy: bool = False):
+        self.ppolicy = ppolicy
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.slapd = require_binary("slapd")
@@ -166,6 +180,16 @@ class SlapdServer:
     def ldapmodify_ldif(self, ldif: str) -> None:
         self._ldap_tool(self.ldapmodify, ldif)
 
+    def add_user(self, uid: str, password: str, *operational: str) -> str:
+        """A user of a test's own under ou=people (give it a unique uid); `operational` lines such as
+        ``pwdChangedTime: 20000101000000Z`` are added with the relax control. Returns the DN."""
+        dn = self.user_dn(uid)
+        extra = "".join(f"{line}\n" for line in operational)
+        ldif = (f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
+                f"mail: {uid}@example.com\nuserPassword: {ssha(password)}\n{extra}")
+        self._ldap_tool(self.ldapadd, ldif, *(("-e", "relax") if operational else ()))
+        return dn
+
     def remove_member(self, group: str, uid: str) -> None:
         self.ldapmodify_ldif(
             f"dn: cn={group},{self.GROUPS_DN}\nchangetype: modify\ndelete: member\nmember: {self.user_dn(uid)}\n"
@@ -205,6 +229,7 @@ modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
 moduleload refint
+{"moduleload ppolicy" if self.ppolicy else ""}
 pidfile {d}/slapd.pid
 argsfile {d}/slapd.args
 TLSCACertificateFile {d}/ca.pem
@@ -225,8 +250,10 @@ index member eq
 overlay memberof
 overlay refint
 refint_attributes member
+{f'overlay ppolicy{chr(10)}ppolicy_default "{self.PPOLICY_DN}"' if self.ppolicy else ""}
 access to attrs=userPassword
     by self =xw
+    by dn.exact="{self.SERVICE_DN}" =w
     by anonymous auth
     by * none
 access to *
@@ -244,6 +271,11 @@ access to *
             (f"dn: {self.SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
              f"cn: authportal\nuserPassword: {ssha(self.SERVICE_PASSWORD)}\n"),
         ]
+        if self.ppolicy:  # before the users: a policy that does not exist yet is not applied
+            entries.insert(1, f"dn: {self.POLICIES_DN}\nobjectClass: organizationalUnit\nou: policies\n")
+            settings = "".join(f"{key}: {value}\n" for key, value in self.PPOLICY.items())
+            entries.insert(2, f"dn: {self.PPOLICY_DN}\nobjectClass: device\nobjectClass: pwdPolicy\ncn: default\n"
+                              f"{settings}")
         for uid, (password, name, mail) in self.USERS.items():
             given, _, surname = name.partition(" ")
             cn = "Smith, John (ext)" if uid == "jsmith" else name

@@ -12,6 +12,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -234,3 +236,18 @@ def login(http: requests.Session, portal_url: str, user: str, password: str | No
     if remember:
         form["remember"] = "1"
     return http.post(portal_url + "/login", data=form, allow_redirects=False)
+
+
+@contextmanager
+def served_pair(base: Path, overrides: dict[str, Any]) -> Iterator[tuple[ServedPortal, ServedPortal]]:
+    """Two instances of one config (same secret, session store and database file), on two ports, started."""
+    overrides = deep_merge({"storage": {"sqlite": {"path": str(base / "shared.sqlite3")}}}, overrides)
+    first = PortalSetup(base / "one", overrides=overrides)
+    second = PortalSetup(base / "two", overrides=overrides)
+    with ServedPortal(first) as one, ServedPortal(second) as two:
+        yield one, two
+
+
+def portal_base(served: ServedPortal) -> str:
+    """The instance's own portal URL (its `server.portal_url`), as a browser would reach it directly."""
+    return f"http://auth.example.test:{served.setup.port}"

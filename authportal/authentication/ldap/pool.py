@@ -14,8 +14,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -28,6 +28,8 @@ from .. import BackendUnavailable
 log = logging.getLogger("authportal.ldap")
 
 T = TypeVar("T")
+#: Request controls as ldap3 takes them: (OID, criticality, value).
+Controls = Sequence[tuple[str, bool, bytes | None]] | None
 
 # --------------------------------------------------------------------------- TLS
 
@@ -125,6 +127,8 @@ class BindAnswer:
     code: int | None = None
     description: str = ""
     message: str = ""
+    #: Response controls by OID: their raw values (e.g. the password policy control's).
+    controls: Mapping[str, bytes] = field(default_factory=dict)
 
 
 #: Bind results that refuse this user (not a directory failure): invalidCredentials, inappropriateAuthentication,
@@ -196,43 +200,74 @@ class DirectoryPool:
         finally:
             self._slots.release()
 
-    def bind(self, dn: str, password: str, first: Endpoint) -> BindAnswer:
+    def bind(self, dn: str, password: str, first: Endpoint, controls: Controls = None) -> BindAnswer:
         """Bind as `dn` on a new connection, to `first` (where the user was found), else the other URLs.
 
         Returns the answer when the directory accepted or refused this user; raises BackendUnavailable
         when no server could say.
         """
-        if not password:  # an empty password is an unauthenticated bind, which many servers accept
+        return self.session(first, None, dn=dn, password=password, controls=controls)[0]
+
+    def session(self, first: Endpoint, operation: Callable[[Connection], T] | None, *, dn: str | None = None,
+                password: str | None = None, controls: Controls = None) -> tuple[BindAnswer, T | None]:
+        """A short-lived connection bound as `dn` (default: the service account), to `first`, else the other URLs;
+        `operation` runs on it (writes allowed) once the bind is accepted, and its result comes back with the answer.
+
+        A refused user bind is an answer (the operation does not run); a refused service-account bind, or a
+        server that fails before the operation, raises BackendUnavailable. The operation is never retried on
+        another server: a write may have been applied before the connection broke.
+        """
+        as_service = dn is None
+        user, secret = (self._service_user, self._service_password) if as_service else (dn, password)
+        if as_service and not user:
+            raise BackendUnavailable("LDAP directory writes need the service account (authentication.ldap.user)")
+        if not secret:  # an empty password is an unauthenticated bind, which many servers accept
             raise ValueError("refusing to send a bind without a password")
         failures: list[str] = []
         for endpoint in [first] + [e for e in self._ordered_endpoints() if e is not first]:
-            conn = Connection(endpoint.server(), user=dn, password=password, authentication=SIMPLE,
-                              client_strategy=SYNC, auto_bind=AUTO_BIND_NONE, raise_exceptions=False, read_only=True,
-                              receive_timeout=self.receive_timeout, auto_referrals=False, check_names=False)
+            conn = Connection(endpoint.server(), user=user, password=secret, authentication=SIMPLE,
+                              client_strategy=SYNC, auto_bind=AUTO_BIND_NONE, raise_exceptions=False,
+                              read_only=operation is None, receive_timeout=self.receive_timeout, auto_referrals=False,
+                              check_names=False)
             try:
-                self._open(conn)
-                accepted = conn.bind(read_server_info=False)
-                result = dict(conn.result or {})
-            except Broken as exc:
-                failures.append(f"{endpoint.url}: {exc.reason}")
-                self._mark_failed(endpoint)
-                continue
-            except (LDAPException, OSError) as exc:
-                failures.append(f"{endpoint.url}: {describe(exc)}")
-                self._mark_failed(endpoint)
-                continue
+                try:
+                    self._open(conn)
+                    accepted = conn.bind(read_server_info=False, controls=controls)
+                    result = dict(conn.result or {})
+                except Broken as exc:
+                    failures.append(f"{endpoint.url}: {exc.reason}")
+                    self._mark_failed(endpoint)
+                    continue
+                except (LDAPException, OSError) as exc:
+                    failures.append(f"{endpoint.url}: {describe(exc)}")
+                    self._mark_failed(endpoint)
+                    continue
+                answer = BindAnswer(accepted=bool(accepted), code=result.get("result"),
+                                    description=str(result.get("description") or ""),
+                                    message=result.get("message") or "", controls=response_controls(result))
+                if answer.accepted:
+                    return answer, None if operation is None else self._operate(endpoint, conn, operation)
+                if answer.code in _REFUSED_BIND_CODES and not as_service:
+                    return answer, None
+                if answer.code == 8:  # strongerAuthRequired
+                    failures.append(f"{endpoint.url}: {_TLS_REQUIRED}")
+                else:
+                    who = f"service account bind as {user!r}" if as_service else "user bind"
+                    failures.append(f"{endpoint.url}: " + f"{who} failed: {answer.description} {answer.message}".strip())
+                break
             finally:
                 _quietly_unbind(conn)
-            answer = BindAnswer(accepted=bool(accepted), code=result.get("result"),
-                                description=str(result.get("description") or ""), message=result.get("message") or "")
-            if answer.accepted or answer.code in _REFUSED_BIND_CODES:
-                return answer
-            if answer.code == 8:  # strongerAuthRequired
-                failures.append(f"{endpoint.url}: {_TLS_REQUIRED}")
-            else:
-                failures.append(f"{endpoint.url}: " + f"user bind failed: {answer.description} {answer.message}".strip())
-            break
         raise self._unavailable("; ".join(failures))
+
+    def _operate(self, endpoint: Endpoint, conn: Connection, operation: Callable[[Connection], T]) -> T:
+        try:
+            return operation(conn)
+        except Broken as exc:
+            self._mark_failed(endpoint)
+            raise self._unavailable(f"{endpoint.url}: {exc.reason}") from None
+        except (LDAPException, OSError) as exc:
+            self._mark_failed(endpoint)
+            raise self._unavailable(f"{endpoint.url}: {describe(exc)}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -384,6 +419,18 @@ def _no_delay(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def response_controls(result: Mapping[str, object]) -> dict[str, bytes]:
+    """The raw values of the controls in an ldap3 result (`{oid: {"value": bytes, …}}`)."""
+    found = result.get("controls")
+    if not isinstance(found, Mapping):
+        return {}
+    values = {}
+    for oid, control in found.items():
+        value = control.get("value") if isinstance(control, Mapping) else None
+        values[str(oid)] = value if isinstance(value, bytes) else b""
+    return values
 
 
 def _quietly_unbind(conn: Connection) -> None:
