@@ -407,52 +407,9 @@ LDAP_PRESETS: dict[str, dict[str, str]] = {
 }
 
 
-def _readable(key: str, path: Path) -> None:
-    try:
-        path.open("rb").close()
-    except OSError as exc:
-        raise SiblingProblem(key, f"cannot read {path}: {exc.strerror}") from None
-
-
-class LdapTlsConfig(Model):
-    """Checked by loading the files as the provider will, so a wrong path or PEM fails check-config too."""
-
-    ca_file: ConfigPath | None = None
-    cert_file: ConfigPath | None = None
-    key_file: Annotated[ConfigPath | None, Field(validate_default=True)] = None
+class LdapTlsConfig(TlsFilesConfig):
     skip_verify: bool = False
     minimum_version: Literal["TLS1.0", "TLS1.1", "TLS1.2", "TLS1.3"] = "TLS1.2"
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_loads(cls, ca_file: Path | None) -> Path | None:
-        if ca_file is not None:
-            _readable("ca_file", ca_file)
-            try:
-                ssl.create_default_context(cafile=str(ca_file))
-            except ssl.SSLError as exc:
-                raise ValueError(f"{ca_file} holds no PEM certificate ({exc.reason})") from None
-        return ca_file
-
-    @field_validator("key_file")
-    @classmethod
-    def _client_certificate_loads(cls, key_file: Path | None, info: ValidationInfo) -> Path | None:
-        if "cert_file" not in info.data:  # invalid: reported at its key
-            return key_file
-        cert_file = info.data["cert_file"]
-        if cert_file is None:
-            if key_file is not None:
-                raise ValueError("set cert_file too (authentication.ldap.tls.cert_file): a key is no certificate")
-            return key_file
-        _readable("cert_file", cert_file)
-        if key_file is not None:
-            _readable("key_file", key_file)
-        try:  # an empty passphrase: an encrypted key fails here rather than prompting at start-up
-            ssl.create_default_context().load_cert_chain(str(cert_file), str(key_file) if key_file else None, "")
-        except ssl.SSLError as exc:
-            raise SiblingProblem("cert_file", "not a PEM certificate with its unencrypted key (key_file) "
-                                              f"({exc.reason})") from None
-        return key_file
 
 
 def _ldap_urls(urls: list[str]) -> list[str]:
