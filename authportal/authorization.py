@@ -37,7 +37,11 @@ class Decision:
     policy: str
     rule: int | None
     basic_auth: bool | None
+    #: The rule's step-up bound in seconds (None: a sign-in of any age in a live session will do).
+    max_age: float | None = None
 
+
+_UNROUTABLE = Decision("two_factor", None, None)
 
 #: The criteria a rule can miss on, in the order `decide` tries them (the domain first, through the host index).
 Criterion = Literal["domain", "methods", "networks", "resources", "subject"]
@@ -73,8 +77,8 @@ class _Rule:
                 subjects.append((users.pop() if users else None, groups))
         # A rule with a subject always has some: an impossible item still marks it as "needs a user".
         self.subjects = tuple(subjects) or (((_NOBODY, frozenset()),) if rule.subject else ())
-        self.matched = Decision(rule.policy, index, rule.basic_auth)
-        self.anonymous = Decision("one_factor", index, rule.basic_auth)
+        self.matched = Decision(rule.policy, index, rule.basic_auth, rule.max_age)
+        self.anonymous = Decision("one_factor", index, rule.basic_auth, rule.max_age)
 
 
 def normalise_host(host: str) -> str:
@@ -261,13 +265,18 @@ class AccessRules:
         misses = trace + [(i, "domain") for i in range(reached) if i not in applying]
         return Explanation(decision, tuple(sorted(misses)))
 
-    def required_policy(
+    def required(
         self, url: str, method: str, client_ip: str, user: str | None, groups: frozenset[str]
-    ) -> str:
-        """The policy for an absolute URL: does the ``rd`` target after login need two_factor?"""
+    ) -> Decision:
+        """The decision for an absolute URL: does the ``rd`` target after login need two_factor, a fresh sign-in?"""
         parts = urlsplit(url)
         try:
             path = normalise_path((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
         except ValueError:
-            return "two_factor"  # no proxy would route it; ask for the most, verify refuses it anyway
-        return self.decide(parts.netloc.rpartition("@")[2], path, method, client_ip, user, groups).policy
+            return _UNROUTABLE  # no proxy would route it; ask for the most, verify refuses it anyway
+        return self.decide(parts.netloc.rpartition("@")[2], path, method, client_ip, user, groups)
+
+    def required_policy(
+        self, url: str, method: str, client_ip: str, user: str | None, groups: frozenset[str]
+    ) -> str:
+        return self.required(url, method, client_ip, user, groups).policy

@@ -563,6 +563,77 @@ class WebAuthnConfig(Model):
         return value
 
 
+class PasswordPolicyConfig(Model):
+    """What a new password must be (NIST SP 800-63B: length and strength, no composition rules)."""
+
+    min_length: int = Field(default=12, ge=1, le=1024)
+    max_length: int = Field(default=128, ge=8, le=1024)
+    #: zxcvbn's guessability score (0-4) a new password must reach; 0 turns the strength check off.
+    zxcvbn_min_score: int = Field(default=3, ge=0, le=4)
+
+    @field_validator("max_length")
+    @classmethod
+    def _not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        minimum = info.data.get("min_length")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least min_length ({minimum})")
+        return value
+
+
+class EnableConfig(Model):
+    enable: bool = False
+
+
+class ResetPasswordValidationConfig(Model):
+    #: How long a reset link works.
+    expiration: Duration = Field(default=600.0, ge=60, le=86400)
+
+
+class IdentityValidationConfig(Model):
+    reset_password: ResetPasswordValidationConfig = ResetPasswordValidationConfig()
+    #: Users who lost their second factor may remove it through an e-mailed link (after their password).
+    reset_second_factor: bool = False
+
+
+class SmtpConfig(SecretsMixin):
+    _secret_fields = ("password",)
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(pattern=r"^[^\s@<>]+@[^\s@<>]+$|^[^<>]*<[^\s@<>]+@[^\s@<>]+>$")
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    ca_file: ConfigPath | None = None
+    timeout: Duration = Field(default=10.0, gt=0, le=60)
+
+    @field_validator("tls")
+    @classmethod
+    def _plain_only_on_loopback(cls, value: str, info: ValidationInfo) -> str:
+        host = info.data.get("host")
+        if value == "none" and host is not None and host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"none is allowed only to a server on this machine (host is {host!r}): the messages "
+                             "carry reset links")
+        return value
+
+
+class FilesystemNotifierConfig(Model):
+    #: Messages are appended to this file (trials and tests).
+    path: ConfigPath
+
+
+class NotifierConfig(Model):
+    """Where e-mails (password reset links) go: exactly one of smtp, filesystem."""
+
+    smtp: SmtpConfig | None = None
+    filesystem: FilesystemNotifierConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> NotifierConfig:
+        if (self.smtp is None) == (self.filesystem is None):
+            raise ValueError("set exactly one of smtp, filesystem")
+        return self
+
+
 class SqliteConfig(Model):
     path: ConfigPath
 
@@ -734,6 +805,11 @@ class Config(SecretsMixin):
     authentication: AuthenticationConfig
     totp: TotpConfig = TotpConfig()
     webauthn: WebAuthnConfig = WebAuthnConfig()
+    password_policy: PasswordPolicyConfig = PasswordPolicyConfig()
+    password_change: EnableConfig = EnableConfig()
+    password_reset: EnableConfig = EnableConfig()
+    identity_validation: IdentityValidationConfig = IdentityValidationConfig()
+    notifier: Annotated[NotifierConfig | None, Field(validate_default=True)] = None
     storage: StorageConfig
     regulation: RegulationConfig = RegulationConfig()
     access_control: AccessControlConfig = AccessControlConfig()
@@ -750,6 +826,21 @@ class Config(SecretsMixin):
     @property
     def portal_url(self) -> str:
         return _portal_url(self.server)
+
+    @field_validator("notifier")
+    @classmethod
+    def _notifier_for_links(cls, notifier: NotifierConfig | None, info: ValidationInfo) -> NotifierConfig | None:
+        if notifier is not None:
+            return notifier
+        reset = info.data.get("password_reset")
+        if reset is not None and reset.enable:
+            raise ValueError("required by password_reset.enable: the reset links are sent by e-mail "
+                             "(notifier.smtp, or notifier.filesystem for trials)")
+        validation = info.data.get("identity_validation")
+        if validation is not None and validation.reset_second_factor:
+            raise ValueError("required by identity_validation.reset_second_factor: the links are sent by e-mail "
+                             "(notifier.smtp, or notifier.filesystem for trials)")
+        return notifier
 
     @property
     def webauthn_rp_id(self) -> str:

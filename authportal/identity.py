@@ -1,6 +1,7 @@
 """Who is behind a request, as the verify path needs it: name, groups, factor level and the headers to pass."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,13 @@ class Identity:
     headers: tuple[tuple[str, str], ...]
     #: A limited API token's limits (None: only the rules limit it).
     limits: RequestLimits | None = None
+    #: When this session last proved the password and the second factor (0: never; machine clients: unused).
+    authenticated_at: float = 0.0
+    second_factor_at: float = 0.0
+
+    def fresh(self, max_age: float, two_factor: bool, now: float) -> bool:
+        """Whether a step-up rule (`max_age`) is met: the password, and for two_factor the second factor, recent."""
+        return now - self.authenticated_at <= max_age and (not two_factor or now - self.second_factor_at <= max_age)
 
     @classmethod
     def build(cls, user: str, groups: list[str] | tuple[str, ...], name: str, email: str, level: int) -> Identity:
@@ -56,7 +64,9 @@ class Identity:
 
     @classmethod
     def from_session(cls, data: dict[str, Any]) -> Identity:
-        return cls.build(data["user"], data["groups"], data["name"], data["email"], data["level"])
+        built = cls.build(data["user"], data["groups"], data["name"], data["email"], data["level"])
+        return dataclasses.replace(built, authenticated_at=data.get("authenticated_at", 0.0),
+                                   second_factor_at=data.get("second_factor_at", 0.0))
 
 
 def session_fields(details: UserDetails) -> dict[str, Any]:

@@ -19,8 +19,11 @@ from .authorization import AccessRules
 from .config import Config
 from .credentials import CredentialChecks
 from .health import Readiness
+from .identity_links import IdentityLinks
 from .machine_auth import CredentialCache
 from .metrics import Metrics
+from .notifier import Notifier, Outbox, open_notifier
+from .password_policy import PasswordPolicy
 from .passwords import PasswordHasher
 from .proxies import TrustedProxies
 from .redis_client import connect, limits_storage
@@ -49,6 +52,13 @@ class Portal:
     totp: TotpService
     tokens: TokenService
     keys: SecurityKeys
+    #: Seals secrets the portal holds for a moment (the old password while an expired one is changed).
+    box: SecretBox
+    #: What a new password must be; the e-mailed links; the mail (None: no notifier configured).
+    policy: PasswordPolicy
+    links: IdentityLinks
+    notifier: Notifier | None
+    outbox: Outbox
     credentials: CredentialCache
     token_credentials: CredentialCache
     metrics: Metrics
@@ -85,12 +95,15 @@ def build_regulator(config: Config, redis_client: redis.Redis | None) -> Regulat
 
 
 def build_readiness(config: Config, provider: UserProvider, storage: Storage, sessions: SessionStore,
-                    metrics: Metrics) -> Readiness:
+                    metrics: Metrics, notifier: Notifier | None) -> Readiness:
     probes = {"users_file" if config.authentication.backend == "file" else "ldap": provider.health,
               "storage": storage.health}
     if config.session.redis is not None:
         probes["redis"] = sessions.backend.health
-    return Readiness(probes, on_down=lambda name: metrics.backend_errors.labels(name).inc())
+    optional = {}
+    if notifier is not None:  # without mail, resets wait; sign-ins work: the portal is degraded, not down
+        optional["notifier"] = notifier.health
+    return Readiness(probes, on_down=lambda name: metrics.backend_errors.labels(name).inc(), optional=optional)
 
 
 def build_portal(config: Config) -> Portal:
@@ -124,6 +137,7 @@ def build_portal(config: Config) -> Portal:
         assert config.authentication.ldap is not None
         refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)
     regulator = build_regulator(config, redis_client)
+    notifier = open_notifier(config.notifier) if config.notifier is not None else None
     login_gate = threading.BoundedSemaphore(config.server.threads - 2)
     portal = Portal(
         config=config, provider=provider, storage=storage, sessions=sessions,
@@ -135,9 +149,11 @@ def build_portal(config: Config) -> Portal:
         refresher=refresher, login_gate=login_gate,
         checks=CredentialChecks(provider, regulator, metrics, login_gate, config.authentication.backend,
                                 config.regulation.minimum_delay),
-        readiness=build_readiness(config, provider, storage, sessions, metrics),
+        box=box, policy=PasswordPolicy(config.password_policy), links=IdentityLinks(storage), notifier=notifier,
+        outbox=Outbox(on_failure=lambda exc: metrics.backend_errors.labels("notifier").inc()),
+        readiness=build_readiness(config, provider, storage, sessions, metrics, notifier),
     )
-    portal.closers += [storage.close, provider.close, sessions.close, refresher.close]
+    portal.closers += [portal.outbox.close, storage.close, provider.close, sessions.close, refresher.close]
     if redis_client is not None:
         portal.closers.insert(0, redis_client.close)
     return portal

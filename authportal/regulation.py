@@ -74,3 +74,18 @@ class Regulator:
             self._limiter.clear(self._user_failures, user_key(username))
         except Exception as exc:
             raise RegulationUnavailable(str(exc)) from exc
+
+    def allow_reset_request(self, username: str, client_ip: str) -> bool:
+        """Whether another reset link may be sent (at most RESET_PER_USER per user and RESET_PER_IP per address in
+        RESET_WINDOW seconds): a flood of requests can neither fill a mailbox nor probe many accounts."""
+        try:
+            return (self._limiter.hit(_RESET_PER_IP, "ip", client_ip)
+                    and self._limiter.hit(_RESET_PER_USER, "user", user_key(username)))
+        except Exception as exc:
+            raise RegulationUnavailable(str(exc)) from exc
+
+
+#: Reset links: how many may be asked for, per user and per client address, within RESET_WINDOW seconds.
+RESET_WINDOW = 900
+_RESET_PER_USER = RateLimitItemPerSecond(3, RESET_WINDOW, namespace="ap-reset-user")
+_RESET_PER_IP = RateLimitItemPerSecond(10, RESET_WINDOW, namespace="ap-reset-ip")

@@ -153,6 +153,10 @@ class Verifier:
                 self._audit_denied(identity, client_ip, url, method, decision.rule, environ, "second factor required")
                 return Outcome(403, [], policy, "forbidden")
             return self._unauthorized(url, style, False, environ, method, policy, None)
+        if decision.max_age is not None and machine_header is None and not identity.fresh(
+                decision.max_age, policy == "two_factor", time.time()):
+            # a step-up rule: the sign-in is too old for this path; the portal asks "Confirm it's you"
+            return self._unauthorized(url, style, False, environ, method, policy, None)
         return Outcome(200, list(identity.headers), policy, "allowed")
 
     def _credential(self, environ: dict[str, Any]) -> str | None:
@@ -192,6 +196,8 @@ class Verifier:
     def _unauthorized(self, url: str, style: ProxyStyle, basic_allowed: bool, environ: dict[str, Any], method: str,
                       policy: str, credentials: str | None) -> Outcome:
         location = f"{self.portal_url}/?rd={quote(url, safe='')}"
+        if method not in ("GET", "HEAD"):  # a step-up rule may be for this method only: the portal must know it
+            location += f"&rm={method}"
         browser = method in ("GET", "HEAD") and "text/html" in environ.get("HTTP_ACCEPT", "") and credentials is None
         if style.redirects_browsers and browser:
             return Outcome(302, [("Location", location)], policy, "redirect")

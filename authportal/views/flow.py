@@ -3,12 +3,14 @@ factor level it needs, the fresh password check before a second factor is change
 two factors once a second factor is proven (a code, a key or an enrollment)."""
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from flask import abort, make_response, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
+from ..authorization import Decision
 from ..credentials import Busy
 from ..identity import ONE_FACTOR, TWO_FACTOR
 from ..redirects import safe_redirect
@@ -20,6 +22,7 @@ from .shared import busy, current_portal, current_session, session_id, set_sessi
 BAD_CREDENTIALS = "Incorrect username or password."
 BAD_CODE = "That code was already used or is wrong. Wait for the next code in your app and enter it."
 UNAVAILABLE = "The login service is unavailable right now. Please try again in a moment."
+_METHOD = re.compile(r"[A-Z]{1,16}")
 #: What a page behind the password check adds, as its reason says ("Add an authenticator app: …").
 ADDING = {"account.totp_setup": "an authenticator app", "keys.setup": "a security key"}
 BUSY = "Many people are signing in right now. Please try again in a second."
@@ -39,28 +42,60 @@ def form_rd() -> str:
     return request.values.get("rd", "") if target_url() else ""
 
 
+def requested_method() -> str:
+    """The method of the request that sent the browser here (`rm`, set by the verify path for a POST, DELETE…:
+    a step-up rule may be for one method only); GET when not said or not a method."""
+    method = request.values.get("rm", "GET")
+    return method if _METHOD.fullmatch(method) else "GET"
+
+
+def requirement(url: str | None, session: dict[str, Any]) -> Decision | None:
+    """What the rules ask of this user for the target (None when there is no target)."""
+    if url is None:
+        return None
+    portal = current_portal()
+    return portal.rules.required(url, requested_method(), portal.proxies.client_ip(request.environ),
+                                 session["user"], frozenset(session["groups"]))
+
+
 def required_level(url: str | None, session: dict[str, Any]) -> int:
     """The factor level the target needs for this user (ONE_FACTOR when no target)."""
-    if url is None:
-        return ONE_FACTOR
-    portal = current_portal()
-    policy = portal.rules.required_policy(url, "GET", portal.proxies.client_ip(request.environ),
-                                          session["user"], frozenset(session["groups"]))
-    return TWO_FACTOR if policy == "two_factor" else ONE_FACTOR
+    decision = requirement(url, session)
+    return TWO_FACTOR if decision is not None and decision.policy == "two_factor" else ONE_FACTOR
+
+
+def stale_factor(session: dict[str, Any], decision: Decision | None) -> str | None:
+    """Which check a step-up rule (`max_age`) wants again: "password", "second_factor", or None."""
+    if decision is None or decision.max_age is None:
+        return None
+    now = time.time()
+    if now - session.get("authenticated_at", 0) > decision.max_age:
+        return "password"
+    if decision.policy == "two_factor" and now - session.get("second_factor_at", 0) > decision.max_age:
+        return "second_factor"
+    return None
 
 
 def with_rd(endpoint: str, url: str | None) -> str:
-    return url_for(endpoint, rd=url) if url else url_for(endpoint)
+    """`endpoint` with the target (and the method that asked for it, when not a GET) in its query."""
+    method = requested_method()
+    return url_for(endpoint, rd=url, rm=None if method == "GET" else method) if url else url_for(endpoint)
 
 
 def next_step(session: dict[str, Any], url: str | None) -> Response:
-    """Where a (partly) logged-in user goes: the code page, enrollment, the target or the home page."""
-    needed = required_level(url, session)
+    """Where a (partly) logged-in user goes: the code page, enrollment, "Confirm it's you" (a step-up rule),
+    the target or the home page."""
+    decision = requirement(url, session)
     if session["level"] < TWO_FACTOR:
         if has_second_factor(session):
             return redirect(with_rd("login.second_factor", url))
-        if needed == TWO_FACTOR:
+        if decision is not None and decision.policy == "two_factor":
             return redirect(with_rd("account.totp_setup", url))
+    stale = stale_factor(session, decision)
+    if stale == "password":
+        return redirect(with_rd("login.confirm", url))
+    if stale == "second_factor":
+        return redirect(with_rd("login.second_factor", url) + "&fresh=1")
     return redirect(url or url_for("login.index"))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, g, make_response, redirect, render_template, request, url_for
@@ -152,6 +153,49 @@ def second_factor() -> Response:
     portal.metrics.logins.labels("success").inc()
     audit("login_success", user=user, ip=client_ip, factor="totp")
     return promote_session(session, url)
+
+
+@bp.route("/confirm", methods=["GET", "POST"])
+def confirm() -> Response:
+    """Step-up: a rule with `max_age` wants the password again, even in a live session ("Confirm it's you")."""
+    session = current_session()
+    url = target_url()
+    if session is None:
+        return redirect(with_rd("login.index", url))
+    if request.method == "GET":
+        return _confirm_page(session)
+    check_csrf()
+    portal = current_portal()
+    client_ip = portal.proxies.client_ip(request.environ)
+    try:
+        attempt = portal.checks.password(portal.checks.reauthentication, session["user"],
+                                         request.form.get("password", ""), client_ip)
+    except Busy:
+        return busy(_confirm_page(session, BUSY))
+    if attempt.result == "backend_error":
+        return _confirm_page(session, UNAVAILABLE, 503)
+    if not attempt.ok:
+        return _confirm_page(session, BAD_CREDENTIALS, 401)
+    data = {k: v for k, v in session.items() if k not in ("created", "last_seen", "expires", "remember")}
+    data["authenticated_at"] = time.time()
+    try:  # a new id for the stepped-up session, as for every privilege change
+        old = session_id()
+        if old:
+            portal.sessions.end(old)
+        sid = portal.sessions.create(data, session["remember"])
+    except SessionStoreUnavailable:
+        return _confirm_page(session, UNAVAILABLE, 503)
+    audit("step_up", user=session["user"], ip=client_ip, factor="password")
+    response = next_step(dict(data, remember=session["remember"]), url)
+    set_session_cookie(response, sid, session["remember"])
+    return response
+
+
+def _confirm_page(session: dict[str, Any], error: str | None = None, status: int = 200) -> Response:
+    url = target_url()
+    page = render_template("confirm.html", session=session, error=error, rd=form_rd(),
+                           site=urlsplit(url).hostname if url else None)
+    return make_response(page, status)
 
 
 @bp.get("/logout")
