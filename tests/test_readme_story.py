@@ -458,11 +458,22 @@ def test_quick_start_serves_the_demo_on_the_url_it_names(tmp_path):
             done = http.post(url + "/login", data={"username": "viewer", "password": users["viewer"],
                                                    "csrf_token": csrf_from(page.text)}, allow_redirects=False)
             assert done.status_code == 302, done.text
-            return http.get(url + "/api/user/info", timeout=5).json()
+            info = http.get(url + "/api/user/info", timeout=5).json()
+            # "Forgot your password?": the demo writes the message to run/mail.txt, as the README says
+            forgot = requests.Session()
+            form = forgot.get(url + "/reset-password", timeout=5)
+            asked = forgot.post(url + "/reset-password", timeout=5, data={
+                "identifier": "viewer@example.test", "csrf_token": csrf_from(form.text)})
+            assert asked.status_code == 200 and "If the account exists" in asked.text
+            return info
 
         with in_network_namespace(make.pid) as network:
             info = network.submit(sign_in).result(timeout=60)
         assert info["user"] == "viewer" and info["groups"] == ["monitoring"]
+        assert "run/mail.txt" in section_text(QUICK_START)
+        mail = tmp_path / "run" / "mail.txt"
+        wait_until(lambda: mail.exists() and f"{url}/reset-password/" in mail.read_text(), timeout=30,
+                   what="the reset link in run/mail.txt")
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGTERM)  # make and the portal it started: the group this test made
