@@ -152,8 +152,13 @@ class RedisSentinelSet:
         return next(server for server in (self.primary, self.replica) if server.port == port)
 
     def wait_replicated(self) -> None:
-        """Every write so far reached the replica (WAIT 1), as the failover's "written and replicated"."""
+        """Every write so far reached the replica: the failover's "written and replicated".
+
+        WAIT counts only the caller's own writes, so write a marker first: the replication stream is in order,
+        and the replica acknowledging the marker acknowledges everything before it.
+        """
         primary = self.server_on(self.primary_port()).client()
+        primary.set("test:replication-marker", time.time())
         assert primary.execute_command("WAIT", 1, 5000) >= 1, "the replica did not acknowledge the writes"
 
     def stop(self) -> None:
