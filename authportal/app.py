@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 
 from .config import Config
+from .identity_headers import HeaderTemplates
 from .machine_auth import MachineAuthenticator
 from .portal import Portal, build_portal
 from .verify import FORWARD_AUTH_PATH, VERIFY_PATH, Verifier
@@ -27,10 +28,12 @@ class PortalApp:
         self.flask = flask_app
         # A portal_url with a path (https://example.com/auth) is served under that prefix.
         self.prefix = urlsplit(portal.config.portal_url).path.rstrip("/")
+        templates = HeaderTemplates(portal.config.identity.headers)
         self.verifier = Verifier(
             portal.config, portal.sessions, portal.rules,
-            MachineAuthenticator(portal.checks, portal.tokens, portal.credentials, portal.token_credentials),
-            portal.metrics, portal.refresher, portal.proxies,
+            MachineAuthenticator(portal.checks, portal.tokens, portal.credentials, portal.token_credentials,
+                                 templates),
+            portal.metrics, portal.refresher, portal.proxies, templates,
         )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

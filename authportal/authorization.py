@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from .config import AccessControlConfig, AccessRule
+from .config import AccessControlConfig, AccessRule, HeaderValue
 
 _CACHE_SIZE = 4096
 _MAX_HOST = 253  # longest DNS name
@@ -39,6 +41,8 @@ class Decision:
     basic_auth: bool | None
     #: The rule's step-up bound in seconds (None: a sign-in of any age in a live session will do).
     max_age: float | None = None
+    #: The rule's own identity headers (added to, or replacing, `identity.headers`).
+    headers: Mapping[str, HeaderValue] | None = None
 
 
 _UNROUTABLE = Decision("two_factor", None, None)
@@ -77,8 +81,9 @@ class _Rule:
                 subjects.append((users.pop() if users else None, groups))
         # A rule with a subject always has some: an impossible item still marks it as "needs a user".
         self.subjects = tuple(subjects) or (((_NOBODY, frozenset()),) if rule.subject else ())
-        self.matched = Decision(rule.policy, index, rule.basic_auth, rule.max_age)
-        self.anonymous = Decision("one_factor", index, rule.basic_auth, rule.max_age)
+        headers = MappingProxyType(dict(rule.headers)) if rule.headers else None
+        self.matched = Decision(rule.policy, index, rule.basic_auth, rule.max_age, headers)
+        self.anonymous = Decision("one_factor", index, rule.basic_auth, rule.max_age, headers)
 
 
 def normalise_host(host: str) -> str:

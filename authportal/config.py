@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import ssl
+import string
 import typing
 from contextvars import ContextVar
 from pathlib import Path
@@ -459,6 +460,8 @@ class LdapConfig(SecretsMixin):
     mail_attribute: LdapAttribute
     display_name_attribute: LdapAttribute
     group_name_attribute: LdapAttribute
+    #: More attributes read with each user, for identity headers (`{attributes.NAME}`).
+    extra_attributes: list[LdapAttribute] = []
     users_filter: str
     groups_filter: str
     refresh_interval: Duration = 300.0
@@ -675,6 +678,96 @@ class RegulationConfig(Model):
 Policy = Literal["bypass", "deny", "one_factor", "two_factor"]
 
 
+#: A header name (RFC 9110 token), as a proxy passes it on.
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+#: Headers the portal must never set for the application: they change how the proxy or the app reads the request.
+RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection", "cookie",
+                              "set-cookie", "authorization", "proxy-authorization", "location", "www-authenticate",
+                              "upgrade", "te", "trailer", "keep-alive", "x-forwarded-for", "x-forwarded-host",
+                              "x-forwarded-proto", "x-forwarded-uri", "x-forwarded-method", "x-original-url",
+                              "x-original-method", "x-real-ip", "cache-control", "retry-after"})
+#: An attribute name in a template (`{attributes.employeeNumber}`): an LDAP attribute or a users-file key.
+ATTRIBUTE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,63}")
+#: What a header template may say: {username}, {groups}, {name}, {email}, {attributes.NAME}.
+TEMPLATE_FIELDS = frozenset({"username", "groups", "name", "email"})
+DEFAULT_IDENTITY_HEADERS = {"Remote-User": "{username}", "Remote-Groups": "{groups}", "Remote-Name": "{name}",
+                            "Remote-Email": "{email}"}
+
+
+def check_header_name(name: str) -> str:
+    if not HEADER_NAME_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a header name (letters, digits and -, at most 64)")
+    if name.lower() in RESERVED_HEADERS:
+        raise ValueError(f"{name!r} is a header the proxy or the application reads for itself: choose another name")
+    return name
+
+
+def check_template(template: str) -> str:
+    """A header value template: text with {username}, {groups}, {name}, {email} or {attributes.NAME}."""
+    try:
+        fields = [field for _, field, spec, conversion in string.Formatter().parse(template) if field is not None]
+        specs = [(spec, conversion) for _, field, spec, conversion in string.Formatter().parse(template)
+                 if field is not None]
+    except ValueError as exc:
+        raise ValueError(f"{template!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
+    for field in fields:
+        attribute = field.removeprefix("attributes.")
+        if field not in TEMPLATE_FIELDS and (field == attribute or not ATTRIBUTE_NAME_RE.fullmatch(attribute)):
+            raise ValueError(f"{template!r}: unknown placeholder {{{field}}} (use {{username}}, {{groups}}, "
+                             "{name}, {email} or {attributes.NAME})")
+    if any(spec or conversion for spec, conversion in specs):
+        raise ValueError(f"{template!r}: a placeholder takes no format or conversion")
+    if any(c in template for c in "\r\n\x00"):
+        raise ValueError(f"{template!r}: no line breaks or NUL in a header value")
+    return template
+
+
+class FromGroups(Model):
+    """A header value chosen by the user's groups: the first entry whose group the user has; else `default`
+    (null: no header)."""
+
+    from_groups: dict[str, str]
+    default: str | None = None
+
+    @field_validator("from_groups")
+    @classmethod
+    def _values(cls, mapping: dict[str, str]) -> dict[str, str]:
+        if not mapping:
+            raise ValueError("name at least one group")
+        for value in mapping.values():
+            check_template(value)
+        return mapping
+
+    @field_validator("default")
+    @classmethod
+    def _default(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+
+HeaderValue = str | FromGroups
+
+
+def _check_headers(headers: dict[str, HeaderValue]) -> dict[str, HeaderValue]:
+    for name, value in headers.items():
+        check_header_name(name)
+        if isinstance(value, str):
+            check_template(value)
+    if len({name.lower() for name in headers}) != len(headers):
+        raise ValueError("a header is named twice (header names ignore case)")
+    return headers
+
+
+class IdentityConfig(Model):
+    #: The headers the verify endpoints answer with for a signed-in user: name -> value template.
+    headers: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_IDENTITY_HEADERS))
+
+    @field_validator("headers")
+    @classmethod
+    def _check(cls, headers: dict[str, str]) -> dict[str, str]:
+        _check_headers(dict(headers))
+        return headers
+
+
 class NamedNetworks(Model):
     name: str
     networks: list[IPvAnyNetwork]
@@ -695,9 +788,16 @@ class AccessRule(Model):
     policy: Policy
     #: Accept HTTP Basic / Bearer tokens here; unset = authentication.basic_auth.
     basic_auth: bool | None = None
+    #: Headers this rule adds to (or overrides in) `identity.headers`: a template, or a value chosen by group.
+    headers: dict[str, HeaderValue] = {}
     #: Step-up: the password (and, for two_factor, the second factor) must have been checked at most this long
     #: ago, even inside a longer session; else the portal asks again ("Confirm it's you").
     max_age: Duration | None = Field(default=None, gt=0)
+
+    @field_validator("headers")
+    @classmethod
+    def _check_rule_headers(cls, headers: dict[str, HeaderValue]) -> dict[str, HeaderValue]:
+        return _check_headers(headers)
 
     @field_validator("domain_regex", "resources")
     @classmethod
@@ -805,6 +905,7 @@ class Config(SecretsMixin):
     authentication: AuthenticationConfig
     totp: TotpConfig = TotpConfig()
     webauthn: WebAuthnConfig = WebAuthnConfig()
+    identity: IdentityConfig = IdentityConfig()
     password_policy: PasswordPolicyConfig = PasswordPolicyConfig()
     password_change: EnableConfig = EnableConfig()
     password_reset: EnableConfig = EnableConfig()

@@ -3,19 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .authentication import UserDetails
+from .config import HeaderValue
+from .identity_headers import DEFAULT_TEMPLATES, HeaderTemplates
 
 ONE_FACTOR = 1
 TWO_FACTOR = 2
-
-
-def header_value(text: str) -> str:
-    """A WSGI-safe header value: UTF-8 bytes carried as latin-1, no CR/LF (no header injection)."""
-    text = text.replace("\r", " ").replace("\n", " ")
-    return text.encode("utf-8").decode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +34,12 @@ class Identity:
     user: str
     groups: frozenset[str]
     level: int
+    #: The headers of `identity.headers` for this user, ready for a verify answer.
     headers: tuple[tuple[str, str], ...]
+    name: str = ""
+    email: str = ""
+    #: Extra LDAP attributes or users-file `attributes`, as (name, value) pairs (for a rule's header templates).
+    attributes: tuple[tuple[str, str], ...] = ()
     #: A limited API token's limits (None: only the rules limit it).
     limits: RequestLimits | None = None
     #: When this session last proved the password and the second factor (0: never; machine clients: unused).
@@ -48,28 +50,33 @@ class Identity:
         """Whether a step-up rule (`max_age`) is met: the password, and for two_factor the second factor, recent."""
         return now - self.authenticated_at <= max_age and (not two_factor or now - self.second_factor_at <= max_age)
 
-    @classmethod
-    def build(cls, user: str, groups: list[str] | tuple[str, ...], name: str, email: str, level: int) -> Identity:
-        headers = (
-            ("Remote-User", header_value(user)),
-            ("Remote-Groups", header_value(",".join(groups))),
-            ("Remote-Name", header_value(name)),
-            ("Remote-Email", header_value(email)),
-        )
-        return cls(user, frozenset(groups), level, headers)
+    def headers_with(self, rule: Mapping[str, HeaderValue], templates: HeaderTemplates) -> tuple[tuple[str, str], ...]:
+        """The headers for a rule that adds (or overrides) some of its own."""
+        return templates.render(self.user, sorted(self.groups), self.name, self.email, dict(self.attributes), rule)
 
     @classmethod
-    def from_details(cls, details: UserDetails, level: int = ONE_FACTOR) -> Identity:
-        return cls.build(details.username, details.groups, details.display_name, details.email, level)
+    def build(cls, user: str, groups: list[str] | tuple[str, ...], name: str, email: str, level: int,
+              attributes: Mapping[str, str] | None = None,
+              templates: HeaderTemplates = DEFAULT_TEMPLATES) -> Identity:
+        attributes = attributes or {}
+        headers = templates.render(user, groups, name, email, attributes)
+        return cls(user, frozenset(groups), level, headers, name, email, tuple(sorted(attributes.items())))
 
     @classmethod
-    def from_session(cls, data: dict[str, Any]) -> Identity:
-        built = cls.build(data["user"], data["groups"], data["name"], data["email"], data["level"])
+    def from_details(cls, details: UserDetails, level: int = ONE_FACTOR,
+                     templates: HeaderTemplates = DEFAULT_TEMPLATES) -> Identity:
+        return cls.build(details.username, details.groups, details.display_name, details.email, level,
+                         dict(details.attributes), templates)
+
+    @classmethod
+    def from_session(cls, data: dict[str, Any], templates: HeaderTemplates = DEFAULT_TEMPLATES) -> Identity:
+        built = cls.build(data["user"], data["groups"], data["name"], data["email"], data["level"],
+                          data.get("attributes"), templates)
         return dataclasses.replace(built, authenticated_at=data.get("authenticated_at", 0.0),
                                    second_factor_at=data.get("second_factor_at", 0.0))
 
 
 def session_fields(details: UserDetails) -> dict[str, Any]:
     """The user part of a session record (JSON-serialisable)."""
-    return {"user": details.username, "groups": list(details.groups),
-            "name": details.display_name, "email": details.email, "stamp": details.credential_stamp}
+    return {"user": details.username, "groups": list(details.groups), "name": details.display_name,
+            "email": details.email, "stamp": details.credential_stamp, "attributes": dict(details.attributes)}

@@ -22,6 +22,7 @@ from typing import Any
 
 from .credentials import CredentialChecks
 from .identity import ONE_FACTOR, Identity, RequestLimits
+from .identity_headers import DEFAULT_TEMPLATES, HeaderTemplates
 from .tokens import PREFIX
 
 
@@ -114,7 +115,9 @@ class MachineAuthenticator:
     (`credentials_cache_ttl`). Raises `Busy` when every check slot is taken.
     """
 
-    def __init__(self, checks: CredentialChecks, tokens: Any, cache: CredentialCache, token_cache: CredentialCache):
+    def __init__(self, checks: CredentialChecks, tokens: Any, cache: CredentialCache, token_cache: CredentialCache,
+                 templates: HeaderTemplates = DEFAULT_TEMPLATES):
+        self.templates = templates
         self.checks = checks
         self.tokens = tokens
         self.cache = cache
@@ -148,7 +151,7 @@ class MachineAuthenticator:
             return None
         user, password = credentials
         details = self.checks.password(self.checks.basic, user, password, client_ip).found
-        return Identity.from_details(details, ONE_FACTOR) if details else None
+        return Identity.from_details(details, ONE_FACTOR, self.templates) if details else None
 
     def _bearer(self, header: str, client_ip: str) -> Identity | None:
         token = parse_bearer(header)
@@ -167,7 +170,8 @@ class MachineAuthenticator:
         if info.scope:
             allowed = {s.partition(":")[2] for s in info.scope if s.startswith("group:")}
             groups = tuple(g for g in groups if g in allowed)
-        identity = Identity.build(details.username, groups, details.display_name, details.email, ONE_FACTOR)
+        identity = Identity.build(details.username, groups, details.display_name, details.email, ONE_FACTOR,
+                                  dict(details.attributes), self.templates)
         if info.methods or info.resources:
             limits = RequestLimits(frozenset(info.methods), tuple(re.compile(r) for r in info.resources))
             identity = dataclasses.replace(identity, limits=limits)

@@ -16,10 +16,11 @@ from typing import Any
 from urllib.parse import quote
 
 from .audit import audit
-from .authorization import AccessRules, normalise_path
+from .authorization import AccessRules, Decision, normalise_path
 from .config import Config
 from .credentials import Busy
 from .identity import TWO_FACTOR, Identity
+from .identity_headers import DEFAULT_TEMPLATES, HeaderTemplates
 from .logs import RateLimitedLog
 from .machine_auth import MachineAuthenticator
 from .metrics import Metrics
@@ -50,7 +51,11 @@ class BadRequest(Exception):
 class Verifier:
     def __init__(self, config: Config, sessions: SessionStore, rules: AccessRules,
                  machines: MachineAuthenticator, metrics: Metrics,
-                 refresh: Callable[[str, dict[str, Any]], dict[str, Any] | None], proxies: TrustedProxies):
+                 refresh: Callable[[str, dict[str, Any]], dict[str, Any] | None], proxies: TrustedProxies,
+                 templates: HeaderTemplates = DEFAULT_TEMPLATES):
+        self.templates = templates
+        #: (identity, rule index) -> the headers of a rule that adds its own: built once per user and rule.
+        self._rule_headers: dict[tuple[Identity, int], list[tuple[str, str]]] = {}
         self.sessions = sessions
         self.rules = rules
         self.machines = machines
@@ -142,7 +147,7 @@ class Verifier:
         policy = decision.policy
 
         if policy == "bypass":
-            return Outcome(200, list(identity.headers) if identity else [], policy, "allowed")
+            return Outcome(200, self._headers(identity, decision) if identity else [], policy, "allowed")
         if policy == "deny":
             self._audit_denied(identity, client_ip, url, method, decision.rule, environ)
             return Outcome(403, [], policy, "forbidden")
@@ -157,7 +162,19 @@ class Verifier:
                 decision.max_age, policy == "two_factor", time.time()):
             # a step-up rule: the sign-in is too old for this path; the portal asks "Confirm it's you"
             return self._unauthorized(url, style, False, environ, method, policy, None)
-        return Outcome(200, list(identity.headers), policy, "allowed")
+        return Outcome(200, self._headers(identity, decision), policy, "allowed")
+
+    def _headers(self, identity: Identity, decision: Decision) -> list[tuple[str, str]]:
+        """`identity.headers`, with the deciding rule's own headers when it has some."""
+        if not decision.headers or decision.rule is None:
+            return list(identity.headers)
+        key = (identity, decision.rule)
+        headers = self._rule_headers.get(key)
+        if headers is None:
+            if len(self._rule_headers) >= MAX_IDENTITIES:
+                self._rule_headers.clear()
+            headers = self._rule_headers[key] = list(identity.headers_with(decision.headers, self.templates))
+        return headers
 
     def _credential(self, environ: dict[str, Any]) -> str | None:
         """The portal credential on the request (Authorization, else Proxy-Authorization); others' are ignored."""
@@ -187,7 +204,7 @@ class Verifier:
         known = self._identities.get(session_id)
         if known is not None and known[0] is data:  # the same session record as last time: same identity
             return known[1]
-        identity = Identity.from_session(data)
+        identity = Identity.from_session(data, self.templates)
         if len(self._identities) >= MAX_IDENTITIES:
             self._identities.clear()
         self._identities[session_id] = (data, identity)

@@ -59,6 +59,8 @@ PATH_KEYS = {  # key -> the relative path the test config gives it
     "session.redis.tls.key_file": "tls/client.key",
     "storage.sqlite.path": "data/db.sqlite3",
     "log.audit_file": "logs/audit.log",
+    "notifier.smtp.ca_file": "tls/ca.pem",
+    "notifier.filesystem.path": "mail/outbox.txt",
 }
 SECRET_FILE_KEYS = {  # key -> (relative file, the key its content lands in)
     "secret_key_file": ("secrets/key", "secret_key"),
@@ -66,7 +68,10 @@ SECRET_FILE_KEYS = {  # key -> (relative file, the key its content lands in)
     "session.redis.password_file": ("secrets/redis", "session.redis.password"),
     "session.redis.sentinel.password_file": ("secrets/sentinel", "session.redis.sentinel.password"),
     "storage.postgres.password_file": ("secrets/postgres", "storage.postgres.password"),
+    "notifier.smtp.password_file": ("secrets/smtp", "notifier.smtp.password"),
 }
+#: Keys of sections that exclude each other: each run of the test below uses one of each pair.
+EXCLUSIVE = {"sqlite": ("storage.postgres.", "notifier.filesystem."), "postgres": ("storage.sqlite.", "notifier.smtp.")}
 
 
 def test_the_test_below_covers_every_path_and_secret_file_key_of_the_schema():
@@ -100,17 +105,20 @@ def test_every_relative_path_is_taken_from_the_config_folder(tmp_path, monkeypat
     document["storage"] = ({"sqlite": {"path": "data/db.sqlite3"}} if storage == "sqlite" else
                            {"postgres": {"url": "postgresql://portal@127.0.0.1/portal", "password_file": "secrets/postgres"}})
     document["log"]["audit_file"] = "logs/audit.log"
+    document["notifier"] = ({"smtp": {"host": "127.0.0.1", "sender": "p@example.test", "ca_file": "tls/ca.pem",
+                                      "username": "portal", "password_file": "secrets/smtp"}}
+                            if storage == "sqlite" else {"filesystem": {"path": "mail/outbox.txt"}})
     setup.config_path.write_text(yaml.safe_dump(document))
 
     monkeypatch.chdir(elsewhere)
     config = load_config("../etc/authportal/config.yml", environ={})
 
     for key, relative in PATH_KEYS.items():
-        if key.startswith("storage.") and not key.startswith(f"storage.{storage}."):
+        if key.startswith(EXCLUSIVE[storage]):
             continue
         assert value_at(config, key) == folder.resolve() / relative, key
     for file_key, (relative, key) in SECRET_FILE_KEYS.items():
-        if file_key.startswith("storage.") and not file_key.startswith(f"storage.{storage}."):
+        if file_key.startswith(EXCLUSIVE[storage]):
             continue
         secret = value_at(config, key)
         assert secret.get_secret_value() == f"{relative} in authportal-" + "x" * 32, file_key

@@ -13,6 +13,9 @@ class UserDetails:
     display_name: str = ""
     email: str = ""
     groups: tuple[str, ...] = ()
+    #: Extra attributes for identity headers (`authentication.ldap.extra_attributes`, a users file entry's
+    #: `attributes`), as sorted (name, value) pairs.
+    attributes: tuple[tuple[str, str], ...] = ()
     #: Changes when the password changes (a digest of the users file's hash, AD's pwdLastSet; "" when the
     #: backend cannot tell): a session signed in with the old password then ends.
     credential_stamp: str = ""

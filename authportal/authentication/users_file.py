@@ -33,6 +33,8 @@ class UserEntry(BaseModel):
     email: str = ""
     groups: list[str] = []
     disabled: bool = False
+    #: Extra facts for identity headers (`{attributes.NAME}`), e.g. employeeNumber: "4711".
+    attributes: dict[str, str] = {}
 
     @field_validator("password")
     @classmethod
@@ -195,7 +197,8 @@ class UsersFileProvider:
 
 def _details(username: str, entry: UserEntry) -> UserDetails:
     return UserDetails(username=username, display_name=entry.displayname or username,
-                       email=entry.email, groups=tuple(entry.groups), credential_stamp=credential_stamp(entry.password))
+                       email=entry.email, groups=tuple(entry.groups), credential_stamp=credential_stamp(entry.password),
+                       attributes=tuple(sorted(entry.attributes.items())))
 
 
 def credential_stamp(stored_hash: str) -> str:

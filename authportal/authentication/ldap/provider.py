@@ -68,7 +68,8 @@ class LdapUserProvider:
         self.users_base = _join_dn(config.additional_users_dn, config.base_dn)
         self.groups_base = _join_dn(config.additional_groups_dn, config.base_dn)
         self.is_active_directory = config.implementation == "activedirectory"
-        self.user_attributes = [config.username_attribute, config.mail_attribute, config.display_name_attribute]
+        self.user_attributes = [config.username_attribute, config.mail_attribute, config.display_name_attribute,
+                                *config.extra_attributes]
         if self.is_active_directory:
             self.user_attributes += activedirectory.STATE_ATTRIBUTES
         self.pool = DirectoryPool(config)
@@ -227,6 +228,8 @@ class LdapUserProvider:
             email=first_value(found.attributes, self.config.mail_attribute) or "",
             groups=found.groups,
             credential_stamp=first_value(found.attributes, "pwdLastSet") or "",  # AD: set anew by every password change
+            attributes=tuple(sorted((name, first_value(found.attributes, name) or "")
+                                    for name in self.config.extra_attributes)),
         )
 
     # ------------------------------------------------------------------ user bind
