@@ -1,9 +1,9 @@
 """Every place that takes a password goes through one path: it bans, evens out its time and audits.
 
 The entry points: the login form, HTTP Basic on the verify path, the password asked again before a second
-factor is set up (an authenticator app or a security key), and the current password on the change form. A
-new entry point must join `CredentialChecks`; the source test below fails when code calls a provider's
-`check_password` anywhere else.
+factor is set up (an authenticator app or a security key) or for a step-up rule, and the current password on
+the change form. A new entry point must join `CredentialChecks`; the source test below fails when code calls
+a provider's `check_password` anywhere else.
 """
 from __future__ import annotations
 
@@ -58,11 +58,17 @@ def _by_password_change(client, user: str, password: str):
         "csrf_token": csrf(client, "/password")})
 
 
+def _by_step_up(client, user: str, password: str):
+    """alice, signed in, confirms it is her for a step-up rule ("Confirm it's you")."""
+    return client.post("/confirm", base_url=PORTAL, data={"password": password, "csrf_token": csrf(client, "/confirm")})
+
+
 #: name -> (the CredentialChecks entry point it uses, how a client sends a password there)
 ENTRY_POINTS: dict[str, tuple[str, Callable]] = {
     "form": ("form", _by_form), "basic": ("basic", _by_basic), "reauthentication": ("reauthentication", _by_reauthentication),
     "key_reauthentication": ("reauthentication", _by_key_reauthentication),
     "password_change": ("password_change", _by_password_change),
+    "step_up": ("reauthentication", _by_step_up),
 }
 
 
@@ -78,7 +84,7 @@ def regulated_app(app_with):
 def test_every_entry_point_bans_pads_and_audits(regulated_app, entry, caplog):
     client = ProxiedClient(regulated_app)
     via, send = ENTRY_POINTS[entry]
-    if via in ("reauthentication", "password_change"):
+    if via in ("reauthentication", "password_change"):  # signed in first
         assert post_login(client, "alice").status_code == 302
     caplog.set_level(logging.INFO, logger="authportal.audit")
     timer = getattr(regulated_app.portal.checks, via).timer
