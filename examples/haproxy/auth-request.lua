@@ -8,7 +8,10 @@
 --   txn.auth_location          Location of a 302 (the login page with ?rd=...)
 --   txn.auth_www_authenticate  WWW-Authenticate of a 401 (Basic allowed for this URL)
 --   txn.auth_remote_user, txn.auth_remote_groups, txn.auth_remote_name,
---   txn.auth_remote_email      the identity of an allowed request (200)
+--   txn.auth_remote_email      the identity of an allowed request (200): one variable per
+--                              header of IDENTITY_HEADERS below, named after it
+--                              (X-WEBAUTH-USER -> txn.auth_x_webauth_user); unset when the
+--                              portal sent no such header or an empty one
 --
 -- Load it once per thread and call it with the verify URL (one argument):
 --
@@ -32,11 +35,47 @@ local COPIED_HEADERS = { "cookie", "authorization", "proxy-authorization", "acce
 local ANSWER_VARS = {
     ["location"] = "txn.auth_location",
     ["www-authenticate"] = "txn.auth_www_authenticate",
-    ["remote-user"] = "txn.auth_remote_user",
-    ["remote-groups"] = "txn.auth_remote_groups",
-    ["remote-name"] = "txn.auth_remote_name",
-    ["remote-email"] = "txn.auth_remote_email",
 }
+
+-- The identity headers of an allowed request (200) to keep: the names in the portal's
+-- `identity.headers` and in the `headers` of its rules. The portal's defaults are the four
+-- Remote-*. Edit this list, or leave the file as it is and name them in haproxy.cfg's
+-- global section, before lua-load-per-thread (a bad name then stops HAProxy at start):
+--
+--   setenv AUTHPORTAL_IDENTITY_HEADERS "X-WEBAUTH-USER X-WEBAUTH-ROLE"
+--
+-- Each needs its http-request set-header line in haproxy.cfg, and a del-header for the
+-- client's copy. Names: letters, digits and "-".
+local IDENTITY_HEADERS = { "Remote-User", "Remote-Groups", "Remote-Name", "Remote-Email" }
+
+local function identity_vars_of(names)
+    local list = {}
+    for name in string.gmatch(names, "[^%s,]+") do
+        local lower = string.lower(name)
+        if not string.match(lower, "^[%w-]+$") or lower == "status" or ANSWER_VARS[lower] then
+            error("authportal identity header " .. string.format("%q", name)
+                  .. ": not a header name (letters, digits and -) or one the action uses itself")
+        end
+        list[#list + 1] = { header = lower, var = "txn.auth_" .. (string.gsub(lower, "-", "_")) }
+    end
+    if #list == 0 then
+        error("authportal: no identity headers listed")
+    end
+    return list
+end
+
+-- Read once per Lua state, on first use (setenv may come after lua-load-per-thread).
+local identity_vars = nil
+local function identity_headers()
+    if identity_vars == nil then
+        local names = os.getenv("AUTHPORTAL_IDENTITY_HEADERS") or table.concat(IDENTITY_HEADERS, " ")
+        identity_vars = identity_vars_of(names)
+    end
+    return identity_vars
+end
+if os.getenv("AUTHPORTAL_IDENTITY_HEADERS") then
+    identity_headers()  -- set before this file was loaded: check the names now, at start
+end
 
 -- HAProxy header tables map lowercase names to lists indexed from 0.
 local function values_of(headers, name)
@@ -97,6 +136,14 @@ local function ask_portal(txn, verify_url)
         local values = values_of(response.headers or {}, header)
         if #values > 0 then
             answer[var] = values[1]
+        end
+    end
+    if status == 200 then
+        for _, wanted in ipairs(identity_headers()) do
+            local values = values_of(response.headers or {}, wanted.header)
+            if #values > 0 and values[1] ~= "" then  -- empty: no header, as nginx does
+                answer[wanted.var] = values[1]
+            end
         end
     end
     for var, value in pairs(answer) do

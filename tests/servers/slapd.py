@@ -54,6 +54,8 @@ class SlapdServer:
         "jsmith": ("jsmith-Pass-5", "John Smith (ext)", "jsmith@example.com"),
     }
     PASSWORDS: ClassVar[dict[str, str]] = {uid: values[0] for uid, values in USERS.items()}
+    #: uid -> departmentNumber (an attribute for `extra_attributes`: tests/test_identity_headers_proxies.py).
+    DEPARTMENTS: ClassVar[dict[str, str]] = {"alice": "Platform", "bob": "Observability"}
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "admins": ("alice",),
         "monitoring": ("alice", "bob", "jsmith"),
@@ -279,10 +281,11 @@ access to *
         for uid, (password, name, mail) in self.USERS.items():
             given, _, surname = name.partition(" ")
             cn = "Smith, John (ext)" if uid == "jsmith" else name
+            department = f"departmentNumber: {self.DEPARTMENTS[uid]}\n" if uid in self.DEPARTMENTS else ""
             entries.append(
                 f"dn: {self.user_dn(uid)}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {cn}\n"
                 f"sn: {surname or given}\ngivenName: {given}\ndisplayName: {name}\nmail: {mail}\n"
-                f"userPassword: {ssha(password)}\n"
+                f"userPassword: {ssha(password)}\n{department}"
             )
         for group, members in self.GROUPS.items():
             member_lines = "".join(f"member: {self.user_dn(uid)}\n" for uid in members)
