@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 import ssl
 import string
 import typing
@@ -193,6 +194,8 @@ class ServerConfig(Model):
     #: verifies, so a burst of logins never stalls the proxies (logins beyond that get 503 + Retry-After).
     #: Default 2 x cores + 1 (5 on 2 cores): what granian considers sane for WSGI on this machine.
     threads: int = Field(default_factory=lambda: max(3, 2 * (os.cpu_count() or 1) + 1), ge=3, le=256)
+    #: The name session listings give this instance (which one a session signed in on); default hostname:port.
+    instance_name: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
     @field_validator("portal_url")
     @classmethod
@@ -211,6 +214,11 @@ class ServerConfig(Model):
     @property
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
+
+    @property
+    def instance(self) -> str:
+        """`instance_name`, else this machine's host name and the port the portal listens on."""
+        return self.instance_name or f"{socket.gethostname()}:{self.port}"
 
 
 def _readable(key: str, path: Path) -> None:
@@ -665,12 +673,23 @@ class StorageConfig(Model):
         return self
 
 
+#: What failures count against, and what a ban then holds: the user (from anywhere), the client address (any
+#: user), or the user from that address only.
+RegulationMode = Literal["user", "ip", "user_ip"]
+DEFAULT_REGULATION_MODES: tuple[RegulationMode, ...] = ("user", "ip")
+
+
 class RegulationConfig(Model):
+    #: Failures for one user (mode user) or one user from one address (mode user_ip) before that is banned.
     max_retries: int = Field(default=5, ge=1)
     #: Failures from one client IP (any user) before that IP is banned; 0 turns it off.
     ip_max_retries: int = Field(default=20, ge=0)
     find_time: Duration = 120.0
     ban_time: Duration = 300.0
+    modes: Annotated[list[RegulationMode], Field(min_length=1)] = Field(
+        default_factory=lambda: list(DEFAULT_REGULATION_MODES))
+    #: Client networks never banned by address (mode ip): a scrapers' network, a NAT many people share.
+    exempt_networks: list[IPvAnyNetwork] = []
     #: Every first-factor answer takes at least this long, so timing leaks nothing.
     minimum_delay: Duration = 0.25
 
@@ -837,12 +856,7 @@ class AccessRule(Model):
     @field_validator("subject")
     @classmethod
     def _check_subjects(cls, values: list[str | list[str]]) -> list[str | list[str]]:
-        for item in values:
-            for subject in [item] if isinstance(item, str) else item:
-                kind, _, name = subject.partition(":")
-                if kind not in ("user", "group") or not name:
-                    raise ValueError(f"subject {subject!r} must be 'user:NAME' or 'group:NAME'")
-        return values
+        return check_subjects(values)
 
     @field_validator("domain_regex")
     @classmethod
@@ -875,6 +889,26 @@ class AccessControlConfig(Model):
             return handler(rules)
         finally:
             _network_names.reset(token)
+
+
+def check_subjects(values: list[str | list[str]]) -> list[str | list[str]]:
+    """A rule's `subject` (also administration.subject): items OR'ed, a nested list AND'ed."""
+    for item in values:
+        for subject in [item] if isinstance(item, str) else item:
+            kind, _, name = subject.partition(":")
+            if kind not in ("user", "group") or not name:
+                raise ValueError(f"subject {subject!r} must be 'user:NAME' or 'group:NAME'")
+    return values
+
+
+class AdministrationConfig(Model):
+    #: Who may open /admin (with two factors), like a rule's subject; empty: /admin is off (404).
+    subject: list[str | list[str]] = []
+
+    @field_validator("subject")
+    @classmethod
+    def _check_subjects(cls, values: list[str | list[str]]) -> list[str | list[str]]:
+        return check_subjects(values)
 
 
 class LogConfig(Model):
@@ -916,6 +950,7 @@ class Config(SecretsMixin):
     access_control: AccessControlConfig = AccessControlConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    administration: AdministrationConfig = AdministrationConfig()
 
     @field_validator("secret_key")
     @classmethod
@@ -978,8 +1013,6 @@ class Config(SecretsMixin):
         for net in self.server.trusted_proxies:
             if net.prefixlen == 0:
                 found.append(f"server.trusted_proxies contains {net}: any client can forge the original URL")
-        if self.server.workers > 1 and self.session.redis is None:
-            found.append("server.workers > 1 without session.redis: bans are counted per worker")
         return found
 
 

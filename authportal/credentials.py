@@ -166,7 +166,7 @@ class CredentialChecks:
                 found = check()
             except PasswordChangeRequired as change:
                 if username is not None:
-                    self.regulator.record_success(username)  # the password was right
+                    self.regulator.record_success(username, client_ip)  # the password was right
                 return Attempt("change_required", change=change)
             except Refused as refusal:
                 self._failed(username, client_ip)
@@ -177,7 +177,7 @@ class CredentialChecks:
             if entry.timer is not None:
                 entry.timer.learn(time.perf_counter() - started)
             if username is not None:
-                self.regulator.record_success(username)
+                self.regulator.record_success(username, client_ip)
             return Attempt("success", found)
         except (BackendUnavailable, RegulationUnavailable, StorageUnavailable) as exc:
             log.warning("%s check failed, denying: %s", entry.name, exc)

@@ -80,6 +80,11 @@ def setup_logging(config: LogConfig) -> None:
     stderr.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
     stderr.addFilter(SecretFilter())
     root.addHandler(stderr)
+    setup_audit_file(config)
+
+
+def setup_audit_file(config: LogConfig) -> None:
+    """Audit events also as JSON lines to `log.audit_file`, when set (the server, and the admin commands)."""
     audit = logging.getLogger("authportal.audit")
     for handler in list(audit.handlers):
         audit.removeHandler(handler)

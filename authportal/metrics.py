@@ -34,7 +34,8 @@ class Metrics:
                                       ["backend"], registry=r)
         self.webauthn = Counter("authportal_webauthn", "Security-key and passkey sign-ins by use and result",
                                 ["use", "result"], registry=r)
-        self.bans = Counter("authportal_bans", "Bans imposed by regulation", ["kind"], registry=r)
+        self.bans = Counter("authportal_bans", "Bans imposed by regulation, by the mode that fired (user, ip, user_ip)",
+                            ["kind"], registry=r)
         self.cache_lookups = Counter("authportal_credentials_cache_lookups",
                                      "Basic/token credential cache lookups", ["result"], registry=r)
         # Set from the main process' tally at each worker start (workers are respawned on reload): a gauge.
@@ -46,7 +47,7 @@ class Metrics:
         for use in ("security_key", "passkey"):
             for result in ("success", "bad_credentials", "banned", "backend_error"):
                 self.webauthn.labels(use, result)
-        for kind in ("user", "ip"):
+        for kind in ("user", "ip", "user_ip"):  # regulation.KINDS: the mode that imposed the ban
             self.bans.labels(kind)
         for backend in ("users_file", "ldap", "redis", "storage", "notifier"):
             self.backend_errors.labels(backend)

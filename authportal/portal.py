@@ -11,8 +11,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
-
 from .authentication import UserProvider
 from .authentication.users_file import UsersFileProvider, open_users_file
 from .authorization import AccessRules
@@ -26,9 +24,9 @@ from .notifier import Notifier, Outbox, open_notifier
 from .password_policy import PasswordPolicy
 from .passwords import PasswordHasher
 from .proxies import TrustedProxies
-from .redis_client import connect, limits_storage
+from .redis_client import connect
 from .refresh import DetailsRefresher
-from .regulation import Regulator
+from .regulation import Regulator, open_regulator
 from .secretbox import SecretBox
 from .security_keys import SecurityKeys
 from .sessions import SessionStore, open_session_store
@@ -87,13 +85,6 @@ def build_provider(config: Config) -> UserProvider:
     return open_users_file(auth.file, PasswordHasher(auth.file.password))
 
 
-def build_regulator(config: Config, redis_client: redis.Redis | None) -> Regulator:
-    """Bans live where sessions live: in Redis when configured (shared by every instance), else in memory."""
-    if redis_client is None:
-        return Regulator(config.regulation)
-    return Regulator(config.regulation, limits_storage(redis_client))
-
-
 def build_readiness(config: Config, provider: UserProvider, storage: Storage, sessions: SessionStore,
                     metrics: Metrics, notifier: Notifier | None) -> Readiness:
     probes = {"users_file" if config.authentication.backend == "file" else "ldap": provider.health,
@@ -118,7 +109,7 @@ def build_portal(config: Config) -> Portal:
     provider = build_provider(config)
     # One client (one pool) for sessions and bans: plain URL, TLS, ACL user or Sentinel (redis_client.py).
     redis_client = connect(config.session.redis) if config.session.redis is not None else None
-    sessions = open_session_store(config.session, storage, redis_client)
+    sessions = open_session_store(config.session, storage, redis_client, instance=config.server.instance)
     metrics = Metrics()
     hits, misses = metrics.cache_lookups.labels("hit"), metrics.cache_lookups.labels("miss")
 
@@ -136,7 +127,7 @@ def build_portal(config: Config) -> Portal:
     else:
         assert config.authentication.ldap is not None
         refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)
-    regulator = build_regulator(config, redis_client)
+    regulator = open_regulator(config, storage, redis_client)
     notifier = open_notifier(config.notifier) if config.notifier is not None else None
     login_gate = threading.BoundedSemaphore(config.server.threads - 2)
     portal = Portal(

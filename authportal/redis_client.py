@@ -1,7 +1,7 @@
 """The one place that knows how to reach Redis: a redis-py client built from `session.redis`.
 
-Sessions (`sessions.py`) and bans (the `limits` storage, `limits_storage`) share
-the client this module builds, and with it one connection pool:
+Sessions (`sessions.py`) and bans (`regulation.py`) share the client this
+module builds, and with it one connection pool:
 
 - `url`: one Redis (`redis://`, `rediss://` with `tls`, `unix://`);
 - `sentinel`: the primary the sentinels name. Every new connection asks the
@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from limits.storage import RedisStorage
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -30,8 +29,14 @@ from .config import RedisConfig
 KEY_PREFIX = "authportal:"
 SESSION_PREFIX = KEY_PREFIX + "session:"
 REVOKED_CHANNEL = KEY_PREFIX + "session:revoked"
-#: The `limits` library's counters and bans (its default prefix is LIMITS).
-LIMITS_PREFIX = KEY_PREFIX + "limits"
+#: The session listings' indexes (sorted sets of session ids, scored by expiry): everyone's, and one per user.
+ALL_SESSIONS = KEY_PREFIX + "sessions:all"
+USER_SESSIONS_PREFIX = KEY_PREFIX + "sessions:user:"
+#: Bans: one key per ban (its TTL is the ban's end) and their index (ban ids scored by their end), for listing.
+BAN_PREFIX = KEY_PREFIX + "ban:"
+BANS = KEY_PREFIX + "bans"
+#: Failure counts (and reset-link requests): a sorted set of event times per counter, a moving window.
+COUNTER_PREFIX = KEY_PREFIX + "count:"
 
 
 def _tls_options(config: RedisConfig) -> dict[str, Any]:
@@ -85,11 +90,6 @@ def connect(config: RedisConfig) -> redis.Redis:
                        **options, **tls)
     client: redis.Redis = manager.master_for(sentinel.master_name)
     return client
-
-
-def limits_storage(client: redis.Redis) -> RedisStorage:
-    """The `limits` storage for bans, on the sessions' client (same pool, same failover, same credentials)."""
-    return RedisStorage("redis://", connection_pool=client.connection_pool, key_prefix=LIMITS_PREFIX)
 
 
 def explain(exc: Exception, config: RedisConfig) -> str:

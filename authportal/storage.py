@@ -1,7 +1,7 @@
 """Per-user state in SQLite (default) or PostgreSQL (several instances), via SQLAlchemy Core.
 
-Holds sessions (when Redis is not configured), TOTP secrets and used codes, and
-API tokens. `metadata` is the schema the code expects; the revisions in
+Holds sessions and bans (when Redis is not configured), TOTP secrets and used
+codes, and API tokens. `metadata` is the schema the code expects; the revisions in
 `migrations/` build it, and `migrate()` applies the pending ones at startup
 (one instance at a time). Every statement runs through `connect()` / `begin()`,
 which turn database errors into `StorageUnavailable` (callers fail closed) or,
@@ -139,6 +139,30 @@ identity_links = sa.Table(
 )
 
 
+#: Bans in force when Redis is not configured (`regulation.DatabaseBans`); `id` is the ban's kind and whom it
+#: holds (`user:alice`, `ip:198.51.100.7`, `user_ip:alice@198.51.100.7`).
+bans = sa.Table(
+    "bans",
+    metadata,
+    sa.Column("id", sa.String(400), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("username", sa.String(256)),
+    sa.Column("ip", sa.String(64)),
+    sa.Column("banned_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+#: Failed attempts (and reset-link requests) in their moving windows, one row per event until its window ends.
+regulation_events = sa.Table(
+    "regulation_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("counter", sa.String(400), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+
 class StorageUnavailable(Exception):
     """The database cannot answer; callers deny."""
 
@@ -267,6 +291,14 @@ class Storage:
     def delete_session(self, session_id: str) -> None:
         with self.begin() as conn:
             conn.execute(sessions.delete().where(sessions.c.id == session_id))
+
+    def unexpired_sessions(self, username: str | None) -> list[tuple[str, dict[str, Any]]]:
+        """(id, data) of every unexpired session (of `username`, by its index; None: everyone's)."""
+        query = sa.select(sessions.c.id, sessions.c.data).where(sessions.c.expires_at > time.time())
+        if username is not None:
+            query = query.where(sessions.c.username == username)
+        with self.connect() as conn:
+            return [(row.id, json.loads(row.data)) for row in conn.execute(query)]
 
     def connect(self) -> Any:
         return _Guard(self.engine.connect)

@@ -223,7 +223,7 @@ def test_redis_over_tls_with_an_acl_user_confined_to_the_portal_keys(tmp_path, t
 
     keys = [key.decode() for key in admin(server, tls_files).keys("*")]
     assert keys and all(key.startswith("authportal:") for key in keys), keys
-    assert any(key.startswith("authportal:limits:") for key in keys)
+    assert any(key.startswith("authportal:ban:") for key in keys)
     confined = admin(server, tls_files, username=ACL_USER, password=ACL_PASSWORD)
     with pytest.raises(redis.exceptions.NoPermissionError):
         confined.get("another-app:secret")

@@ -1,4 +1,5 @@
-"""The `authportal` command: serve, check-config, hash-password, demo, access, users, totp, tokens, storage, webauthn."""
+"""The `authportal` command: serve, check-config, hash-password, demo, access, users, totp, tokens, storage, webauthn,
+sessions, bans."""
 from __future__ import annotations
 
 import sys
@@ -74,6 +75,8 @@ def demo(directory: str) -> None:
 
 def _register_subgroups() -> None:
     from .access import access
+    from .bans import bans
+    from .sessions import sessions
     from .storage import storage
     from .tokens import tokens
     from .totp import totp
@@ -86,6 +89,8 @@ def _register_subgroups() -> None:
     main.add_command(tokens)
     main.add_command(storage)
     main.add_command(webauthn)
+    main.add_command(sessions)
+    main.add_command(bans)
 
 
 _register_subgroups()

@@ -1,16 +1,23 @@
 """Pieces every subcommand shares: the --config option and loading it with exit code 2 on errors."""
 from __future__ import annotations
 
+import getpass
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
 
 from ..config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from ..exits import EXIT_CONFIG, EXIT_RUNTIME, report_config_errors
+from ..logs import setup_audit_file
+from ..redis_client import connect
+from ..regulation import RegulationUnavailable, Regulator, open_regulator
+from ..sessions import SessionStore, SessionStoreUnavailable, open_session_store
 from ..storage import Storage, StorageUnavailable
 
 
@@ -64,6 +71,42 @@ def open_storage(config_path: str) -> Iterator[tuple[Config, Storage]]:
         fail(f"storage unavailable: {exc}")
     finally:
         storage.close()
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """What every instance sees, opened as the server opens it: sessions and bans (Redis when configured, else the
+    database), and who is at the keyboard (`actor`, for the audit events)."""
+
+    config: Config
+    sessions: SessionStore
+    regulator: Regulator
+    actor: str
+
+
+@contextmanager
+def open_shared_state(config_path: str) -> Iterator[SharedState]:
+    """For the commands that list and end sessions and bans: their audit events go to `log.audit_file` as the
+    server's do; a backend that does not answer exits 1 with the reason."""
+    with open_storage(config_path) as (config, storage):
+        setup_audit_file(config.log)
+        logging.getLogger("authportal.audit").setLevel(config.log.level.upper())  # as `serve` has it
+        client = connect(config.session.redis) if config.session.redis is not None else None
+        sessions = open_session_store(config.session, storage, client, serving=False)
+        try:
+            yield SharedState(config, sessions, open_regulator(config, storage, client), _actor())
+        except (SessionStoreUnavailable, RegulationUnavailable) as exc:
+            fail(f"unavailable: {exc}")
+        finally:
+            if client is not None:
+                client.close()
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        return "cli"
 
 
 def format_time(value: float | None, missing: str = "-") -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import account, errors, login, notices, ops, passwords, security_keys
+from . import account, admin, errors, login, notices, ops, passwords, security_keys, sessions
 from .shared import csrf_token, page_script, security_headers, timestamp
 
 
@@ -13,6 +13,8 @@ def register_views(app: Flask) -> None:
     app.register_blueprint(ops.bp)
     app.register_blueprint(security_keys.bp)
     app.register_blueprint(passwords.bp)
+    app.register_blueprint(sessions.bp)
+    app.register_blueprint(admin.bp)
     errors.register(app)
     notices.init_app(app)
     app.after_request(security_headers)

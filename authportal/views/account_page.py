@@ -1,7 +1,7 @@
 """The account page (`/` when signed in): who you are and what you own, one section each.
 
 A section is a template (`templates/account_*.html`) plus the facts it shows,
-gathered by one function here. A later account feature (sessions, password change) joins by adding its `Section` to `SECTIONS`; the page itself
+gathered by one function here. A later account feature joins by adding its `Section` to `SECTIONS`; the page itself
 does not change. A section whose facts cannot be read right now (storage down)
 says so instead of failing the whole page.
 """
@@ -18,10 +18,12 @@ from werkzeug.wrappers import Response
 from ..identity import TWO_FACTOR
 from ..portal import Portal
 from ..security_keys import SecurityKey
+from ..sessions import SessionInfo, SessionStoreUnavailable, session_handle
 from ..storage import StorageUnavailable
 from . import notices
+from .admin import is_member
 from .flow import has_second_factor
-from .shared import current_portal
+from .shared import current_portal, session_id
 
 Facts = dict[str, Any]
 
@@ -72,12 +74,28 @@ def _api_tokens(portal: Portal, session: dict[str, Any]) -> Facts:
     return {"active": active}
 
 
+def _sessions(portal: Portal, session: dict[str, Any]) -> Facts:
+    sid = session_id()
+    try:
+        sessions: list[SessionInfo] | None = portal.sessions.sessions(session["user"])
+    except SessionStoreUnavailable:
+        sessions = None
+    return {"sessions": sessions, "current": session_handle(sid) if sid else None}
+
+
+def _administration(portal: Portal, session: dict[str, Any]) -> Facts:
+    subject = portal.config.administration.subject
+    return {"administrator": bool(subject) and is_member(subject, session["user"], session.get("groups") or [])}
+
+
 SECTIONS: tuple[Section, ...] = (
     Section("account_identity.html", _identity),
     Section("account_password.html", _password),
     Section("account_second_factors.html", _second_factors),
     Section("account_security_keys.html", _security_keys),
+    Section("account_sessions.html", _sessions),
     Section("account_api_tokens.html", _api_tokens),
+    Section("account_administration.html", _administration),
 )
 
 

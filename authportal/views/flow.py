@@ -15,7 +15,7 @@ from ..credentials import Busy
 from ..identity import ONE_FACTOR, TWO_FACTOR
 from ..redirects import safe_redirect
 from ..security_keys import SecurityKey
-from ..sessions import SessionStoreUnavailable
+from ..sessions import Origin, SessionStoreUnavailable
 from .errors import error_page
 from .shared import busy, current_portal, current_session, session_id, set_session_cookie
 
@@ -114,17 +114,23 @@ def usable_keys(session: dict[str, Any]) -> list[SecurityKey]:
     return portal.keys.usable(session["user"], exclude=session.get("first_factor_key"))
 
 
-def promote_session(session: dict[str, Any], url: str | None) -> Response:
-    """Raise a session to two factors under a new id (a privilege change gets a fresh id, too)."""
+def start_session(data: dict[str, Any], remember: bool) -> str:
+    """End this browser's session, if it has one, and start `data` under a new id (a sign-in, or a privilege
+    change: no fixation), noting where it comes from (address, browser) for the sessions lists. Raises
+    SessionStoreUnavailable."""
     portal = current_portal()
     old = session_id()
-    data = {k: v for k, v in session.items() if k not in ("created", "last_seen", "expires", "remember")}
-    data["level"] = TWO_FACTOR
-    data["second_factor_at"] = time.time()
+    if old:
+        portal.sessions.end(old)
+    origin = Origin(portal.proxies.client_ip(request.environ), request.headers.get("User-Agent", ""))
+    return portal.sessions.create(data, remember, origin)
+
+
+def promote_session(session: dict[str, Any], url: str | None) -> Response:
+    """Raise a session to two factors under a new id (a privilege change gets a fresh id, too)."""
+    data = dict(session, level=TWO_FACTOR, second_factor_at=time.time())
     try:
-        if old:
-            portal.sessions.end(old)
-        sid = portal.sessions.create(data, session["remember"])
+        sid = start_session(data, session["remember"])
     except SessionStoreUnavailable:
         return error_page(503, UNAVAILABLE)
     response = redirect(url or url_for("login.index"))

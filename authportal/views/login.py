@@ -26,6 +26,7 @@ from .flow import (
     form_rd,
     next_step,
     promote_session,
+    start_session,
     target_url,
     usable_keys,
     with_rd,
@@ -92,12 +93,9 @@ def login() -> Response:
     if details is None:
         return _login_page(BAD_CREDENTIALS, 401, username)
 
-    old = session_id()
     data = dict(session_fields(details), level=ONE_FACTOR, authenticated_at=time.time())
     try:
-        if old:
-            portal.sessions.end(old)
-        sid = portal.sessions.create(data, remember)
+        sid = start_session(data, remember)
     except SessionStoreUnavailable:
         return _login_page(UNAVAILABLE, 503, username)
     audit("login_success", user=details.username, ip=client_ip, factor="password", remember=remember)
@@ -176,13 +174,9 @@ def confirm() -> Response:
         return _confirm_page(session, UNAVAILABLE, 503)
     if not attempt.ok:
         return _confirm_page(session, BAD_CREDENTIALS, 401)
-    data = {k: v for k, v in session.items() if k not in ("created", "last_seen", "expires", "remember")}
-    data["authenticated_at"] = time.time()
+    data = dict(session, authenticated_at=time.time())
     try:  # a new id for the stepped-up session, as for every privilege change
-        old = session_id()
-        if old:
-            portal.sessions.end(old)
-        sid = portal.sessions.create(data, session["remember"])
+        sid = start_session(data, session["remember"])
     except SessionStoreUnavailable:
         return _confirm_page(session, UNAVAILABLE, 503)
     audit("step_up", user=session["user"], ip=client_ip, factor="password")

@@ -19,6 +19,11 @@ MESSAGES = {
     "signed_out": "You have been signed out.",
     "password_changed": "Your password was changed. Your other sessions have ended.",
     "password_reset": "Your password was changed. Sign in with the new one.",
+    "session_ended": "That session was signed out.",
+    "other_sessions_ended": "You were signed out everywhere else.",
+    "sessions_ended": "The sessions were ended.",
+    "ban_lifted": "The ban was lifted.",
+    "token_revoked": "The token was revoked.",
 }
 LIFETIME = 120  # seconds
 

@@ -26,8 +26,8 @@ from ..secretbox import DecryptionError
 from ..sessions import SessionStoreUnavailable
 from ..storage import StorageUnavailable
 from . import notices
-from .flow import BUSY, UNAVAILABLE, form_rd, next_step, require_session, target_url
-from .shared import check_csrf, current_portal, session_id, set_session_cookie
+from .flow import BUSY, UNAVAILABLE, form_rd, next_step, require_session, start_session, target_url
+from .shared import check_csrf, current_portal, set_session_cookie
 
 bp = Blueprint("passwords", __name__)
 
@@ -95,13 +95,9 @@ def change() -> Response:
     audit("password_change", user=user, ip=_client_ip(), via="account page")
     # This session goes on under a new id with the new password's stamp; the others end with the old stamp.
     details = portal.provider.get_details(user)
-    data = {k: v for k, v in session.items() if k not in ("created", "last_seen", "expires", "remember")}
-    data.update(session_fields(details) if details else {}, authenticated_at=time.time())
+    data = dict(session, **(session_fields(details) if details else {}), authenticated_at=time.time())
     try:
-        old = session_id()
-        if old:
-            portal.sessions.end(old)
-        sid = portal.sessions.create(data, session["remember"])
+        sid = start_session(data, session["remember"])
     except SessionStoreUnavailable:
         return _page("password_change.html", 503, session=session, errors=[UNAVAILABLE])
     response = redirect(url_for("login.index"))
@@ -167,10 +163,9 @@ def expired() -> Response:
 
 
 def _signed_in(details: UserDetails) -> Response:
-    portal = current_portal()
     data = dict(session_fields(details), level=1, authenticated_at=time.time())
     try:
-        sid = portal.sessions.create(data, False)
+        sid = start_session(data, False)
     except SessionStoreUnavailable:
         return _page("password_expired.html", 503, username=details.username, errors=[UNAVAILABLE])
     audit("login_success", user=details.username, ip=_client_ip(), factor="password")

@@ -32,6 +32,7 @@ from .flow import (
     reauthenticate_page,
     recently_authenticated,
     require_session,
+    start_session,
     target_url,
     usable_keys,
 )
@@ -275,11 +276,8 @@ def passkey() -> Response:
         data["second_factor_at"] = time.time()
     else:
         data["first_factor_key"] = use.key.id
-    old = session_id()
     try:
-        if old:
-            portal.sessions.end(old)
-        sid = portal.sessions.create(data, False)
+        sid = start_session(data, False)
     except SessionStoreUnavailable:
         return _answer(503, UNAVAILABLE)
     audit("login_success", user=details.username, ip=client_ip, factor="passkey", key_name=use.key.name,
