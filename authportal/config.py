@@ -19,6 +19,7 @@ import socket
 import ssl
 import string
 import typing
+from collections.abc import Collection
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -909,6 +910,14 @@ class AdministrationConfig(Model):
     @classmethod
     def _check_subjects(cls, values: list[str | list[str]]) -> list[str | list[str]]:
         return check_subjects(values)
+
+    def admits(self, user: str, groups: Collection[str]) -> bool:
+        """Whether a user is in `subject` (items OR'ed, a nested list AND'ed, as in an access rule)."""
+        for item in self.subject:
+            names = [item] if isinstance(item, str) else item
+            if all(name[5:] == user if name.startswith("user:") else name[6:] in groups for name in names):
+                return True
+        return False
 
 
 class LogConfig(Model):

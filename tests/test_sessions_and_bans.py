@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from authportal.cli import main as cli
-from authportal.config import LogConfig, SessionConfig, StorageConfig
+from authportal.config import AdministrationConfig, LogConfig, SessionConfig, StorageConfig
 from authportal.logs import setup_audit_file
 from authportal.redis_client import ALL_SESSIONS, SESSION_PREFIX, USER_SESSIONS_PREFIX, connect
 from authportal.sessions import Origin, describe_device, open_session_store, session_handle
@@ -147,6 +147,13 @@ def test_admin_is_off_by_default(app):
     admin = browser(app)
     admin.login("alice")
     assert admin.page("/admin").status_code == 404
+
+
+def test_administration_subject_reads_like_a_rules_subject():
+    administration = AdministrationConfig(subject=[["group:admins", "group:oncall"], "user:carol"])
+    assert administration.admits("carol", [])
+    assert administration.admits("alice", ["admins", "oncall"])
+    assert not administration.admits("alice", ["admins"]), "a nested list is AND'ed"
 
 
 def test_admin_is_for_members_with_two_factors(admin_app):

@@ -21,7 +21,6 @@ from ..security_keys import SecurityKey
 from ..sessions import SessionInfo, SessionStoreUnavailable, session_handle
 from ..storage import StorageUnavailable
 from . import notices
-from .admin import is_member
 from .flow import has_second_factor
 from .shared import current_portal, session_id
 
@@ -84,8 +83,9 @@ def _sessions(portal: Portal, session: dict[str, Any]) -> Facts:
 
 
 def _administration(portal: Portal, session: dict[str, Any]) -> Facts:
-    subject = portal.config.administration.subject
-    return {"administrator": bool(subject) and is_member(subject, session["user"], session.get("groups") or [])}
+    administration = portal.config.administration
+    return {"administrator": bool(administration.subject)
+            and administration.admits(session["user"], session.get("groups") or [])}
 
 
 SECTIONS: tuple[Section, ...] = (

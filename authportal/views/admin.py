@@ -32,23 +32,14 @@ SHOWN_EVENTS = 50
 _EVENT_COLUMNS = ("time", "level", "logger", "message", "event", "actor", "user", "ip", "request_id", "user_agent")
 
 
-def is_member(subject: list[str | list[str]], user: str, groups: list[str] | frozenset[str]) -> bool:
-    """Whether a user is in a subject list: items OR'ed, a nested list AND'ed, as in an access rule."""
-    for item in subject:
-        names = [item] if isinstance(item, str) else item
-        if all(name[5:] == user if name.startswith("user:") else name[6:] in groups for name in names):
-            return True
-    return False
-
-
 def _administrator() -> dict[str, Any]:
     """The session of an administrator with two factors, or (abort) 404 / sign-in / second factor / 403."""
     portal = current_portal()
-    subject = portal.config.administration.subject
-    if not subject:
+    administration = portal.config.administration
+    if not administration.subject:
         abort(404)
     session = require_session()
-    if not is_member(subject, session["user"], session.get("groups") or []):
+    if not administration.admits(session["user"], session.get("groups") or []):
         audit("access_denied", user=session["user"], ip=portal.proxies.client_ip(request.environ), resource="/admin",
               reason="not in administration.subject")
         abort(403, description="This page is for administrators.")
