@@ -21,6 +21,8 @@ import string
 import typing
 from collections.abc import Collection
 from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -201,12 +203,7 @@ class ServerConfig(Model):
     @field_validator("portal_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL, e.g. https://auth.example.com")
-        return value.rstrip("/")
+        return None if value is None else _absolute_url(value)
 
     @property
     def host(self) -> str:
@@ -318,8 +315,56 @@ class RedisConfig(SecretsMixin):
         return tls
 
 
+def _dns_domain(value: str) -> str:
+    value = value.strip().lstrip(".").lower()
+    if not DOMAIN_RE.fullmatch(value):
+        raise ValueError(f"not a DNS domain: {value!r}")
+    return value
+
+
+def _absolute_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL, e.g. https://auth.example.com")
+    return value.rstrip("/")
+
+
+CookieName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")]
+
+
+class CookieDomainConfig(Model):
+    """One cookie domain of several (`session.cookies`): its own portal URL, cookie and session lifetimes."""
+
+    domain: Annotated[str, AfterValidator(_dns_domain)]
+    portal_url: Annotated[str, AfterValidator(_absolute_url)]
+    #: Default: session.cookie_name; the lifetimes default to session's.
+    name: CookieName | None = None
+    expiration: Duration | None = None
+    inactivity: Duration | None = None
+    remember_me: Duration | None = None
+
+
+@dataclass(frozen=True)
+class CookieDomain:
+    """A cookie domain as the portal uses it: `session.cookies[]` filled from `session`, or the one that
+    `session.domain` and `server.portal_url` describe (`domain` None: the portal host only)."""
+
+    domain: str | None
+    portal_url: str
+    name: str
+    expiration: float
+    inactivity: float
+    remember_me: float
+
+    def covers(self, host: str) -> bool:
+        """Whether a request to `host` (lower case, no port) carries this cookie."""
+        if self.domain is None:
+            return host == (urlsplit(self.portal_url).hostname or "")
+        return host == self.domain or host.endswith("." + self.domain)
+
+
 class SessionConfig(Model):
-    cookie_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "authportal_session"
+    cookie_name: CookieName = "authportal_session"
     #: Cookie domain shared by every protected subdomain; unset = the portal host only.
     domain: str | None = None
     expiration: Duration = 3600.0
@@ -331,16 +376,30 @@ class SessionConfig(Model):
     #: How long a worker trusts its in-memory copy of a session (bounds cross-instance staleness).
     cache_ttl: Duration = Field(default=1.0, le=10)
     redis: RedisConfig | None = None
+    #: Several cookie domains, each with its portal URL (instead of `domain` + `server.portal_url`).
+    cookies: list[CookieDomainConfig] = []
 
     @field_validator("domain")
     @classmethod
     def _check_domain(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip().lstrip(".").lower()
-        if not DOMAIN_RE.fullmatch(value):
-            raise ValueError(f"not a DNS domain: {value!r}")
-        return value
+        return None if value is None else _dns_domain(value)
+
+    @field_validator("cookies")
+    @classmethod
+    def _no_overlap(cls, cookies: list[CookieDomainConfig], info: ValidationInfo) -> list[CookieDomainConfig]:
+        if cookies and info.data.get("domain"):
+            raise ValueError("set session.domain or session.cookies, not both")
+        for later, cookie in enumerate(cookies):
+            for earlier in cookies[:later]:
+                a, b = earlier.domain, cookie.domain
+                if a == b or a.endswith("." + b) or b.endswith("." + a):
+                    raise ValueError(f"[{later}].domain {b!r} overlaps {a!r}: a browser would send both cookies, "
+                                     "and which session decides would depend on it")
+            host = (urlsplit(cookie.portal_url).hostname or "").lower()
+            if host != cookie.domain and not host.endswith("." + cookie.domain):
+                raise ValueError(f"[{later}].portal_url: {cookie.portal_url} is not under {cookie.domain!r}: "
+                                 "its cookie would never reach the portal")
+        return cookies
 
 
 class PasswordHashConfig(Model):
@@ -970,7 +1029,32 @@ class Config(SecretsMixin):
 
     @property
     def portal_url(self) -> str:
+        """The portal's main URL (links in e-mails, security keys): server.portal_url, else the first cookie's."""
+        if self.server.portal_url is None and self.session.cookies:
+            return self.session.cookies[0].portal_url
         return _portal_url(self.server)
+
+    @cached_property
+    def cookie_domains(self) -> tuple[CookieDomain, ...]:
+        """Every cookie domain with its portal URL; one when `session.cookies` is not used."""
+        session = self.session
+        if not session.cookies:
+            return (CookieDomain(session.domain, self.portal_url, session.cookie_name, session.expiration,
+                                 session.inactivity, session.remember_me),)
+        return tuple(CookieDomain(
+            c.domain, c.portal_url, c.name or session.cookie_name,
+            session.expiration if c.expiration is None else c.expiration,
+            session.inactivity if c.inactivity is None else c.inactivity,
+            session.remember_me if c.remember_me is None else c.remember_me) for c in session.cookies)
+
+    def cookie_for(self, host: str) -> CookieDomain | None:
+        """The cookie domain a request to `host` (any case, with or without port) belongs to, if any."""
+        if host.startswith("["):  # [v6]:port
+            bare = host[1:host.find("]")] if "]" in host else host
+        else:
+            bare = host.rpartition(":")[0] if host.count(":") == 1 else host
+        bare = bare.rstrip(".").lower()
+        return next((cookie for cookie in self.cookie_domains if cookie.covers(bare)), None)
 
     @field_validator("notifier")
     @classmethod
@@ -1054,11 +1138,16 @@ def _combination_problems(server: ServerConfig | None, session: SessionConfig | 
     if domain and not _covers(domain, host):
         problems.append(f"session.domain: {domain!r} does not cover the portal host {host!r} (server.portal_url): "
                         "the session cookie would never reach the portal")
+    plain = "but session.cookie_secure is true: browsers do not send Secure cookies back over http; use an " \
+            "https:// URL, or for a plain-http trial set session.cookie_secure: false"
+    for index, cookie in enumerate(session.cookies):
+        if cookie.portal_url.startswith("http://") and session.cookie_secure:
+            problems.append(f"session.cookies[{index}].portal_url: is http:// {plain}")
+    if session.cookies and server.portal_url is None:
+        return problems  # the cookies' portal URLs are the portal's
     if portal_url.startswith("http://") and session.cookie_secure and host not in ("127.0.0.1", "localhost", "::1"):
         given = "is http://" if server.portal_url else f"is not set, so it is {portal_url} (from server.address),"
-        problems.append(f"server.portal_url: {given} but session.cookie_secure is true: browsers do not send "
-                        "Secure cookies back over http; use an https:// URL, or for a plain-http trial set "
-                        "session.cookie_secure: false")
+        problems.append(f"server.portal_url: {given} {plain}")
     return problems
 
 
@@ -1153,7 +1242,7 @@ def parse_config(raw: Any, environ: dict[str, str] | None = None, folder: Path |
         errors = [e for e in _format_errors(exc) if e.split(":", 1)[0] not in unreadable]
         errors += _combination_problems(
             _valid_alone(ServerConfig, raw, "server", context, ("address", "portal_url")),
-            _valid_alone(SessionConfig, raw, "session", context, ("domain", "cookie_secure")),
+            _valid_alone(SessionConfig, raw, "session", context, ("domain", "cookie_secure", "cookies")),
             _valid_alone(WebAuthnConfig, raw, "webauthn", context, ("rp_id",)),
         )
         raise ConfigError(problems + errors, _valid_alone(AuthenticationConfig, raw, "authentication", context)) \

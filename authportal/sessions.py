@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import redis
 
 from .audit import audit
-from .config import RedisConfig, SessionConfig
+from .config import CookieDomain, RedisConfig, SessionConfig
 from .redis_client import ALL_SESSIONS, REVOKED_CHANNEL, SESSION_PREFIX, USER_SESSIONS_PREFIX, explain
 from .storage import Storage, StorageUnavailable
 
@@ -302,12 +302,18 @@ class SessionStore:
                 name="session-revocations", daemon=True,
             ).start()
 
-    def create(self, data: dict[str, Any], remember: bool, origin: Origin | None = None) -> str:
-        """A new session for `data` (its times and remember-me set here); `origin`: where it signs in from."""
+    def create(self, data: dict[str, Any], remember: bool, origin: Origin | None = None,
+               cookie: CookieDomain | None = None) -> str:
+        """A new session for `data` (its times and remember-me set here); `origin`: where it signs in from;
+        `cookie`: the cookie domain it belongs to (its lifetimes; with several, valid only there)."""
         now = self._clock()
-        lifetime = self.config.remember_me if remember else self.config.expiration
+        expiration, remember_me = ((cookie.expiration, cookie.remember_me) if cookie is not None
+                                   else (self.config.expiration, self.config.remember_me))
+        lifetime = remember_me if remember else expiration
         data = dict(data, created=now, last_seen=now, remember=remember, expires=now + lifetime,
                     instance=self.instance)
+        if cookie is not None:
+            data.update(cookie_domain=cookie.domain, inactivity=cookie.inactivity)
         if origin is not None:
             agent = origin.user_agent[:USER_AGENT_LIMIT]
             data.update(ip=origin.ip, user_agent=agent, device=describe_device(agent))
@@ -345,7 +351,7 @@ class SessionStore:
 
     def _idle(self, data: dict[str, Any], now: float) -> bool:
         """Whether a session ended by inactivity (remember-me sessions never do)."""
-        inactivity = self.config.inactivity
+        inactivity = data.get("inactivity", self.config.inactivity)
         return bool(inactivity and not data["remember"] and now - data["last_seen"] > inactivity)
 
     def update(self, session_id: str, data: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from .audit import audit
 from .authorization import AccessRules, Decision, normalise_path
-from .config import Config
+from .config import Config, CookieDomain
 from .credentials import Busy
 from .identity import TWO_FACTOR, Identity
 from .identity_headers import DEFAULT_TEMPLATES, HeaderTemplates
@@ -70,7 +70,15 @@ class Verifier:
         self._identities: dict[str, tuple[dict[str, Any], Identity]] = {}
         self._styles: dict[str, ProxyStyle] = {VERIFY_PATH: AuthRequest(), FORWARD_AUTH_PATH: ForwardAuth()}
         self._bad_requests = RateLimitedLog(log, interval=60.0)
-        self._cookie_re = re.compile(r"(?:^|[;,]\s*)" + re.escape(config.session.cookie_name) + r"=([A-Za-z0-9_\-]{43})(?![^;,\s])")
+        self._config = config
+        #: cookie name -> the pattern that finds it in a Cookie header
+        self._cookie_res = {cookie.name: re.compile(r"(?:^|[;,]\s*)" + re.escape(cookie.name)
+                                                    + r"=([A-Za-z0-9_\-]{43})(?![^;,\s])")
+                            for cookie in config.cookie_domains}
+        #: host -> its cookie domain (None: no portal cookie reaches it), cached: hosts are few
+        self._cookie_domains: dict[str, CookieDomain | None] = {}
+        #: several cookie domains: a session is valid only on the domain it was made on
+        self._one_domain = len(config.cookie_domains) == 1
 
     # WSGI adapter
 
@@ -116,9 +124,10 @@ class Verifier:
         url = original.url
 
         identity: Identity | None = None
+        cookie = self._cookie_domain(host)
         machine_header = self._credential(environ)
         if machine_header is None:
-            identity = self._session_identity(environ)
+            identity = self._session_identity(environ, cookie)
         # the rules normalise the host (case, port, trailing dot) the same way as their own domains, cached
         decision = self.rules.decide(host, target, method, client_ip,
                                      identity.user if identity else None,
@@ -129,7 +138,7 @@ class Verifier:
                 # This rule takes no credentials on the request: the header is the application's (its own Basic
                 # login, say), so the session decides, as if the header were not there.
                 machine_header = None
-                identity = self._session_identity(environ)
+                identity = self._session_identity(environ, cookie)
             elif decision.policy not in ("bypass", "deny"):
                 try:
                     identity = self.machines.authenticate(machine_header, client_ip)
@@ -152,16 +161,16 @@ class Verifier:
             self._audit_denied(identity, client_ip, url, method, decision.rule, environ)
             return Outcome(403, [], policy, "forbidden")
         if identity is None:
-            return self._unauthorized(url, style, basic_allowed, environ, method, policy, machine_header)
+            return self._unauthorized(url, style, basic_allowed, environ, method, policy, machine_header, cookie)
         if policy == "two_factor" and identity.level < TWO_FACTOR:
             if machine_header is not None:  # a script cannot answer a TOTP prompt
                 self._audit_denied(identity, client_ip, url, method, decision.rule, environ, "second factor required")
                 return Outcome(403, [], policy, "forbidden")
-            return self._unauthorized(url, style, False, environ, method, policy, None)
+            return self._unauthorized(url, style, False, environ, method, policy, None, cookie)
         if decision.max_age is not None and machine_header is None and not identity.fresh(
                 decision.max_age, policy == "two_factor", time.time()):
             # a step-up rule: the sign-in is too old for this path; the portal asks "Confirm it's you"
-            return self._unauthorized(url, style, False, environ, method, policy, None)
+            return self._unauthorized(url, style, False, environ, method, policy, None, cookie)
         return Outcome(200, self._headers(identity, decision), policy, "allowed")
 
     def _headers(self, identity: Identity, decision: Decision) -> list[tuple[str, str]]:
@@ -184,11 +193,18 @@ class Verifier:
                 return header
         return None
 
-    def _session_identity(self, environ: dict[str, Any]) -> Identity | None:
+    def _cookie_domain(self, host: str) -> CookieDomain | None:
+        if host not in self._cookie_domains:
+            if len(self._cookie_domains) >= MAX_IDENTITIES:
+                self._cookie_domains.clear()
+            self._cookie_domains[host] = self._config.cookie_for(host)
+        return self._cookie_domains[host]
+
+    def _session_identity(self, environ: dict[str, Any], cookie: CookieDomain | None) -> Identity | None:
         cookies = environ.get("HTTP_COOKIE")
-        if not cookies:
+        if not cookies or cookie is None:
             return None
-        match = self._cookie_re.search(cookies)
+        match = self._cookie_res[cookie.name].search(cookies)
         if match is None:
             return None
         session_id = match.group(1)
@@ -201,6 +217,8 @@ class Verifier:
             return None
         if not data:
             return None
+        if not self._one_domain and data.get("cookie_domain") != cookie.domain:
+            return None  # a session of another cookie domain: not valid here
         known = self._identities.get(session_id)
         if known is not None and known[0] is data:  # the same session record as last time: same identity
             return known[1]
@@ -211,8 +229,9 @@ class Verifier:
         return identity
 
     def _unauthorized(self, url: str, style: ProxyStyle, basic_allowed: bool, environ: dict[str, Any], method: str,
-                      policy: str, credentials: str | None) -> Outcome:
-        location = f"{self.portal_url}/?rd={quote(url, safe='')}"
+                      policy: str, credentials: str | None, cookie: CookieDomain | None) -> Outcome:
+        portal_url = cookie.portal_url if cookie is not None else self.portal_url
+        location = f"{portal_url}/?rd={quote(url, safe='')}"
         if method not in ("GET", "HEAD"):  # a step-up rule may be for this method only: the portal must know it
             location += f"&rm={method}"
         browser = method in ("GET", "HEAD") and "text/html" in environ.get("HTTP_ACCEPT", "") and credentials is None

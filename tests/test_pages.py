@@ -259,7 +259,7 @@ def test_the_account_page_says_who_you_are_and_what_you_own(browser, portal):
         sign_in(page, portal, "bob")
         assert page.url == portal.url("/") and page.title() == "Your account · authportal"
         assert page.locator("h2").all_inner_texts() == ["Who you are", "Second factor", "Security keys and passkeys",
-                                                        "API tokens"]
+                                                        "Your sessions", "API tokens"]
         # this portal is on plain http: the page says why keys cannot be added instead of offering them
         assert "cannot be used on this portal: the portal is not on https" in page.locator("#security-keys").inner_text()
         assert page.locator("#security-keys a").count() == 0

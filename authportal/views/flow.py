@@ -17,7 +17,7 @@ from ..redirects import safe_redirect
 from ..security_keys import SecurityKey
 from ..sessions import Origin, SessionStoreUnavailable
 from .errors import error_page
-from .shared import busy, current_portal, current_session, session_id, set_session_cookie
+from .shared import busy, current_cookie, current_portal, current_session, session_id, set_session_cookie
 
 BAD_CREDENTIALS = "Incorrect username or password."
 BAD_CODE = "That code was already used or is wrong. Wait for the next code in your app and enter it."
@@ -30,11 +30,12 @@ BUSY = "Many people are signing in right now. Please try again in a second."
 
 
 def target_url() -> str | None:
-    """The validated `rd` of this request (query or form), or None."""
-    config = current_portal().config
+    """The validated `rd` of this request (query or form), or None: only under the domain of the cookie that
+    this portal URL sets (with several cookie domains, a sign-in on one never sends the browser to another)."""
+    cookie = current_cookie()
     rd = request.values.get("rd")
-    return safe_redirect(rd, cookie_domain=config.session.domain, portal_url=config.portal_url,
-                         allow_http=not config.session.cookie_secure)
+    return safe_redirect(rd, cookie_domain=cookie.domain, portal_url=cookie.portal_url,
+                         allow_http=not current_portal().config.session.cookie_secure)
 
 
 def form_rd() -> str:
@@ -123,7 +124,7 @@ def start_session(data: dict[str, Any], remember: bool) -> str:
     if old:
         portal.sessions.end(old)
     origin = Origin(portal.proxies.client_ip(request.environ), request.headers.get("User-Agent", ""))
-    return portal.sessions.create(data, remember, origin)
+    return portal.sessions.create(data, remember, origin, current_cookie())
 
 
 def promote_session(session: dict[str, Any], url: str | None) -> Response:
@@ -166,18 +167,29 @@ def reauthenticate_page(session: dict[str, Any], endpoint: str, rd: str, error: 
     return make_response(page, status)
 
 
-def confirm_password(session: dict[str, Any], endpoint: str, rd: str) -> Response:
-    """The password again before a second factor is changed: a stolen session alone cannot add or swap one."""
+def recheck_password(session: dict[str, Any]) -> tuple[str, int] | None:
+    """The signed-in user's password from the form, checked again (bans, timing, audit): None when right,
+    else what to say and the status."""
     portal = current_portal()
-    client_ip = portal.proxies.client_ip(request.environ)
     try:
         attempt = portal.checks.password(portal.checks.reauthentication, session["user"],
-                                         request.form.get("password", ""), client_ip)
+                                         request.form.get("password", ""), portal.proxies.client_ip(request.environ))
     except Busy:
-        return busy(reauthenticate_page(session, endpoint, rd, BUSY, 503))
+        return BUSY, 503
     if attempt.result == "backend_error":
-        return reauthenticate_page(session, endpoint, rd, UNAVAILABLE, 503)
-    if not attempt.ok:
-        return reauthenticate_page(session, endpoint, rd, BAD_CREDENTIALS, 401)
+        return UNAVAILABLE, 503
+    return None if attempt.ok else (BAD_CREDENTIALS, 401)
+
+
+def refused_page(page: Response, refusal: tuple[str, int]) -> Response:
+    """A form shown again after `recheck_password` refused: busy answers also say when to retry."""
+    return busy(page) if refusal[0] == BUSY else page
+
+
+def confirm_password(session: dict[str, Any], endpoint: str, rd: str) -> Response:
+    """The password again before a second factor is changed: a stolen session alone cannot add or swap one."""
+    refusal = recheck_password(session)
+    if refusal is not None:
+        return refused_page(reauthenticate_page(session, endpoint, rd, *refusal), refusal)
     save_session(dict(session, authenticated_at=time.time()))
     return redirect(url_for(endpoint, rd=rd or None))

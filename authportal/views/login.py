@@ -26,6 +26,8 @@ from .flow import (
     form_rd,
     next_step,
     promote_session,
+    recheck_password,
+    refused_page,
     start_session,
     target_url,
     usable_keys,
@@ -163,23 +165,16 @@ def confirm() -> Response:
     if request.method == "GET":
         return _confirm_page(session)
     check_csrf()
+    refusal = recheck_password(session)
+    if refusal is not None:
+        return refused_page(_confirm_page(session, *refusal), refusal)
     portal = current_portal()
-    client_ip = portal.proxies.client_ip(request.environ)
-    try:
-        attempt = portal.checks.password(portal.checks.reauthentication, session["user"],
-                                         request.form.get("password", ""), client_ip)
-    except Busy:
-        return busy(_confirm_page(session, BUSY))
-    if attempt.result == "backend_error":
-        return _confirm_page(session, UNAVAILABLE, 503)
-    if not attempt.ok:
-        return _confirm_page(session, BAD_CREDENTIALS, 401)
     data = dict(session, authenticated_at=time.time())
     try:  # a new id for the stepped-up session, as for every privilege change
         sid = start_session(data, session["remember"])
     except SessionStoreUnavailable:
         return _confirm_page(session, UNAVAILABLE, 503)
-    audit("step_up", user=session["user"], ip=client_ip, factor="password")
+    audit("step_up", user=session["user"], ip=portal.proxies.client_ip(request.environ), factor="password")
     response = next_step(dict(data, remember=session["remember"]), url)
     set_session_cookie(response, sid, session["remember"])
     return response
@@ -213,5 +208,6 @@ def logout() -> Response:
         audit("logout", user=session["user"], ip=portal.proxies.client_ip(request.environ))
     response = redirect(target_url() or url_for("login.index"))
     clear_session_cookie(response)
-    notices.leave(response, "signed_out")  # shown by the sign-in page, here or after the app sends the user back
+    # shown by the sign-in page, here or after the app sends the user back
+    notices.leave(response, "signed_out_one_domain" if len(portal.config.cookie_domains) > 1 else "signed_out")
     return response

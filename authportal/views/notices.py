@@ -17,6 +17,8 @@ from .shared import current_portal
 
 MESSAGES = {
     "signed_out": "You have been signed out.",
+    "signed_out_one_domain": ("You have been signed out here. Your sessions on the portal's other domains remain: "
+                              "sign out there too."),
     "password_changed": "Your password was changed. Your other sessions have ended.",
     "password_reset": "Your password was changed. Sign in with the new one.",
     "session_ended": "That session was signed out.",

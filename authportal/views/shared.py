@@ -14,6 +14,7 @@ from typing import Any
 from flask import abort, current_app, g, request, url_for
 from werkzeug.wrappers import Response
 
+from ..config import CookieDomain
 from ..logs import RateLimitedLog
 from ..portal import Portal
 from ..sessions import SessionStoreUnavailable
@@ -117,8 +118,15 @@ def admitted(busy_page: Callable[[], Response]) -> Callable[[Callable[..., Respo
     return decorate
 
 
+def current_cookie() -> CookieDomain:
+    """The cookie domain of this request: the one that covers the host the browser asked for (the portal is
+    served on each domain's portal URL); the first one when none does."""
+    config = current_portal().config
+    return config.cookie_for(request.host) or config.cookie_domains[0]
+
+
 def session_id() -> str | None:
-    return request.cookies.get(current_portal().config.session.cookie_name)
+    return request.cookies.get(current_cookie().name)
 
 
 def current_session() -> dict[str, Any] | None:
@@ -128,6 +136,8 @@ def current_session() -> dict[str, Any] | None:
         sid = session_id()
         try:
             data = portal.sessions.get(sid)
+            if data and len(portal.config.cookie_domains) > 1 and data.get("cookie_domain") != current_cookie().domain:
+                data = None  # a session of another cookie domain: not valid here
             g.session = portal.refresher(sid, data) if data and sid else None
         except SessionStoreUnavailable:
             g.session = None
@@ -136,17 +146,17 @@ def current_session() -> dict[str, Any] | None:
 
 
 def set_session_cookie(response: Response, sid: str, remember: bool) -> None:
-    config = current_portal().config.session
+    cookie = current_cookie()
     response.set_cookie(
-        config.cookie_name, sid, max_age=int(config.remember_me) if remember else None, path="/",
-        domain=config.domain, secure=config.cookie_secure, httponly=True, samesite="Lax",
+        cookie.name, sid, max_age=int(cookie.remember_me) if remember else None, path="/",
+        domain=cookie.domain, secure=current_portal().config.session.cookie_secure, httponly=True, samesite="Lax",
     )
 
 
 def clear_session_cookie(response: Response) -> None:
-    config = current_portal().config.session
-    response.delete_cookie(config.cookie_name, path="/", domain=config.domain, secure=config.cookie_secure,
-                           httponly=True, samesite="Lax")
+    cookie = current_cookie()
+    response.delete_cookie(cookie.name, path="/", domain=cookie.domain,
+                           secure=current_portal().config.session.cookie_secure, httponly=True, samesite="Lax")
 
 
 def timestamp(seconds: float) -> str:

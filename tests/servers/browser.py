@@ -25,7 +25,7 @@ from .process import REPO
 ARTIFACTS = REPO / "test-artifacts"
 ARTIFACTS.mkdir(exist_ok=True)
 
-EXAMPLE_TEST_RULES = "MAP *.example.test 127.0.0.1"
+EXAMPLE_TEST_RULES = "MAP *.example.test 127.0.0.1, MAP *.corp.test 127.0.0.1"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REAL_BINARY = Path("/usr/lib/chromium/chromium")  # /usr/bin/chromium is a slower shell wrapper

@@ -62,15 +62,19 @@ SEED_RULES: list[dict[str, Any]] = [
 ]
 
 
+#: The test domains that resolve to loopback: example.test, and corp.test (a second cookie domain).
+TEST_DOMAINS = (".example.test", ".corp.test")
+
+
 def resolve_example_test() -> None:
-    """`*.example.test` -> 127.0.0.1 for `requests` (the proxies under test listen there), like Chromium's rules."""
+    """`*.example.test` and `*.corp.test` -> 127.0.0.1 for `requests` (the proxies under test listen there), like Chromium's rules."""
     real = urllib3.util.connection.create_connection
     if getattr(real, "resolves_example_test", False):
         return
 
     def create_connection(address, *args, **kwargs):
         host, port = address
-        if host == "example.test" or host.endswith(".example.test"):
+        if host.endswith(TEST_DOMAINS) or "." + host in TEST_DOMAINS:
             host = "127.0.0.1"
         return real((host, port), *args, **kwargs)
 
