@@ -18,13 +18,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .audit import audit
 from .authentication import BackendUnavailable, PasswordChangeRequired, UserDetails, UserProvider
-from .metrics import Metrics
 from .regulation import RegulationUnavailable, Regulator
 from .storage import StorageUnavailable
+
+if TYPE_CHECKING:  # not at run time: `authportal serve` must choose the metrics' storage before they load
+    from .metrics import Metrics
 
 log = logging.getLogger("authportal.credentials")
 

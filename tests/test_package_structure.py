@@ -95,3 +95,15 @@ def test_the_check_finds_a_cycle_hidden_in_a_function(tmp_path):
     (package / "app.py").write_text("def create_app():\n    from .views import register\n")
     (package / "views" / "__init__.py").write_text("from ..app import create_app\n")
     assert find_cycle(import_graph(package)) == ["authportal.app", "authportal.views", "authportal.app"]
+
+
+def test_the_cli_does_not_load_the_metrics_before_serve_chooses_their_storage():
+    """`serve --workers 2` sets PROMETHEUS_MULTIPROC_DIR before prometheus_client loads (it picks its storage at
+    import): a command module that imported it on the way (security keys -> credentials -> metrics did) left
+    /metrics empty with several workers."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, authportal.cli; print('prometheus_client' in sys.modules)"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"
