@@ -174,7 +174,8 @@ class SecurityKeys:
                 expected_origin=self.origin, require_user_verification=self.settings.user_verification == "required")
         except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
             raise KeyRefused("bad_registration", "The key's answer was not accepted. Try again.") from exc
-        transports = credential.get("response", {}).get("transports") or []
+        transports = credential["response"].get("transports")
+        transports = transports if isinstance(transports, list) else []
         known = {t.value for t in AuthenticatorTransport}
         row: dict[str, Any] = {
             "username": username, "name": name, "credential_id": bytes_to_base64url(verified.credential_id),
@@ -222,7 +223,7 @@ class SecurityKeys:
         if key.id == exclude:
             raise KeyRefused("same_key", "You signed in with this key: use another key or your app's code.")
         stored = self._stored(key.id)
-        if username is None and credential.get("response", {}).get("userHandle") != stored.user_handle:
+        if username is None and credential["response"].get("userHandle") != stored.user_handle:
             raise KeyRefused("other_user", "This key belongs to another account.")
         try:
             verified = verify_authentication_response(

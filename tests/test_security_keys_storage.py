@@ -75,3 +75,14 @@ def _try_take(service: SecurityKeys, ceremony: str, purpose: str, session: str |
         return service._take(ceremony, purpose, session, user)
     except KeyRefused as refusal:
         return refusal.reason
+
+
+@pytest.mark.parametrize("answer", ['{"rawId": "AAAA", "response": []}', '{"rawId": "AAAA"}', '[]', '"x"', '{'])
+def test_a_malformed_answer_is_a_400_not_a_500(app_with, answer):
+    from tests.support.in_process import PORTAL, ProxiedClient, csrf
+
+    app = app_with(server={"portal_url": "https://auth.example.test"}, webauthn={"passkey_login": True})
+    client = ProxiedClient(app)
+    sent = client.post("/api/webauthn/passkey", base_url=PORTAL,
+                       data={"csrf_token": csrf(client), "credential": answer})
+    assert sent.status_code == 400 and sent.json["message"] == "The browser's answer could not be read. Try again."

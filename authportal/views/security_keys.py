@@ -81,7 +81,8 @@ def _credential() -> dict[str, Any]:
         credential = json.loads(request.form.get("credential", ""))
     except ValueError:
         credential = None
-    if not isinstance(credential, dict):
+    # The shape the checks below read without looking again: an object whose `response` is an object.
+    if not isinstance(credential, dict) or not isinstance(credential.get("response"), dict):
         abort(400, description="The browser's answer could not be read. Try again.")
     return credential
 
