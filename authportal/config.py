@@ -634,6 +634,90 @@ class WebAuthnConfig(Model):
         return value
 
 
+class I18nConfig(Model):
+    """The pages' language when neither the picker's cookie nor the browser's Accept-Language names one."""
+
+    default_locale: str = "en"
+
+    @field_validator("default_locale")
+    @classmethod
+    def _shipped(cls, value: str) -> str:
+        from .languages import CODES, find
+
+        language = find(value)
+        if language is None:
+            raise ValueError(f"{value!r} is not a shipped language; one of: {', '.join(CODES)}")
+        return language.catalog
+
+
+_HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+FOOTER_LINK = re.compile(r"\[([^\[\]]+)\]\(([^()\s]+)\)")
+LOGO_TYPES = {".svg": "image/svg+xml", ".png": "image/png"}
+MAX_LOGO_BYTES = 512 * 1024
+
+
+def contrast_with_white(color: str) -> float:
+    """WCAG 2.1 contrast ratio of white text on `color` (#rrggbb)."""
+    def channel(hex_pair: str) -> float:
+        value = int(hex_pair, 16) / 255
+        return value / 12.92 if value <= 0.03928 else ((value + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (channel(color[i:i + 2]) for i in (1, 3, 5))
+    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+    return 1.05 / (luminance + 0.05)
+
+
+class BrandingConfig(Model):
+    """The company's name, logo, colour and footer on every page."""
+
+    #: Shown in the page header and the window title instead of "authportal".
+    name: str = Field(default="authportal", min_length=1, max_length=64)
+    #: An SVG or PNG (at most 512 KiB), served with a content hash in its URL and a long cache lifetime.
+    logo_file: ConfigPath | None = None
+    #: The sign-in button's background (#rrggbb); its text is white, so it must reach 4.5:1 against white.
+    primary_color: str | None = None
+    #: A line at the bottom of every page: plain text, with links written as [text](https://…).
+    footer: str | None = Field(default=None, max_length=500)
+
+    @field_validator("logo_file")
+    @classmethod
+    def _logo(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        if path.suffix.lower() not in LOGO_TYPES:
+            raise ValueError(f"{path.name}: the logo must be an .svg or a .png file")
+        _readable("logo_file", path)
+        data = path.read_bytes()
+        if len(data) > MAX_LOGO_BYTES:
+            raise ValueError(f"{path.name} is {len(data)} bytes; a logo may be at most {MAX_LOGO_BYTES} bytes")
+        if path.suffix.lower() == ".png" and not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ValueError(f"{path.name} is not a PNG image")
+        if path.suffix.lower() == ".svg" and b"<svg" not in data[:4096]:
+            raise ValueError(f"{path.name} is not an SVG image (no <svg> element at its start)")
+        return path
+
+    @field_validator("primary_color")
+    @classmethod
+    def _readable_on_white(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _HEX_COLOR.fullmatch(value):
+            raise ValueError(f"{value!r} is not a colour written as #rrggbb")
+        ratio = contrast_with_white(value)
+        if ratio < 4.5:
+            raise ValueError(f"white text on {value} has a contrast of {ratio:.2f}:1; it needs at least 4.5:1 "
+                             "(WCAG AA): choose a darker colour")
+        return value.lower()
+
+    @field_validator("footer")
+    @classmethod
+    def _links(cls, value: str | None) -> str | None:
+        for _text, url in FOOTER_LINK.findall(value or ""):
+            if not url.startswith(("https://", "http://", "mailto:")):
+                raise ValueError(f"the link {url!r} must start with https://, http:// or mailto:")
+        return value
+
+
 class PasswordPolicyConfig(Model):
     """What a new password must be (NIST SP 800-63B: length and strength, no composition rules)."""
 
@@ -1019,6 +1103,10 @@ class Config(SecretsMixin):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     administration: AdministrationConfig = AdministrationConfig()
+    i18n: I18nConfig = I18nConfig()
+    branding: BrandingConfig = BrandingConfig()
+    #: The pages' colours: light, dark, or auto (follows the browser's prefers-color-scheme).
+    theme: Literal["light", "dark", "auto"] = "light"
 
     @field_validator("secret_key")
     @classmethod

@@ -8,10 +8,11 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import abort, current_app, g, request, url_for
+from flask_babel import format_datetime, format_timedelta
 from werkzeug.wrappers import Response
 
 from ..config import CookieDomain
@@ -160,8 +161,13 @@ def clear_session_cookie(response: Response) -> None:
 
 
 def timestamp(seconds: float) -> str:
-    """A stored time as the pages show it (UTC: the portal does not know the reader's time zone)."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    """A stored time in the reader's language (in UTC, and saying so: the portal does not know their time zone)."""
+    return format_datetime(datetime.fromtimestamp(seconds, UTC), "medium", rebase=False) + " UTC"
+
+
+def duration(seconds: float, granularity: str = "second") -> str:
+    """A length of time in the reader's language ("5 minutes", "5 Minuten"), rounded to its largest unit."""
+    return format_timedelta(timedelta(seconds=seconds), granularity=granularity, threshold=1.0)
 
 
 def page_script(name: str) -> str:
@@ -176,7 +182,7 @@ def security_headers(response: Response) -> Response:
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
-    if request.endpoint != "static":
+    if request.endpoint not in ("static", "branding.asset"):  # those carry their own long cache
         response.headers["Cache-Control"] = "no-store"
     seed = g.get("new_csrf_seed")
     if seed:
