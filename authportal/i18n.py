@@ -12,6 +12,7 @@ Only the Flask side translates: the verify endpoints answer proxies, not people
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, current_app, redirect, request
 from flask_babel import Babel, get_locale
@@ -62,7 +63,15 @@ def page_language() -> dict[str, object]:
     language = find(str(locale)) if locale is not None else None
     language = language or LANGUAGES[0]
     return {"page_lang": language.tag, "page_dir": language.direction, "languages": LANGUAGES,
-            "language": language}
+            "language": language, "language_return": _return_path()}
+
+
+def _return_path() -> str:
+    """Where the picker leads back to: this page, or for the answer to a form (a POST) the portal with its rd."""
+    if request.method == "GET":
+        return request.full_path if request.query_string else request.path
+    rd = request.form.get("rd")
+    return "/?" + urlencode({"rd": rd}) if rd else "/"
 
 
 bp = Blueprint("i18n", __name__)
