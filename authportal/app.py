@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
+from .client_certificates import open_client_certificates
 from .config import Config
 from .identity_headers import HeaderTemplates
 from .machine_auth import MachineAuthenticator
@@ -34,6 +35,7 @@ class PortalApp:
             MachineAuthenticator(portal.checks, portal.tokens, portal.credentials, portal.token_credentials,
                                  templates),
             portal.metrics, portal.refresher, portal.proxies, templates,
+            open_client_certificates(portal.config, portal.provider, portal.checks, portal.metrics, templates),
         )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

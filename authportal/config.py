@@ -19,7 +19,7 @@ import socket
 import ssl
 import string
 import typing
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from .x509_files import read_certificates, read_crls, signer
 from .yamlfile import YamlError, parse_yaml
 
 ENV_PREFIX = "AUTHPORTAL_"
@@ -50,6 +51,7 @@ CONFIG_PATH_ENV = "X_AUTHPORTAL_CONFIG"
 
 log = logging.getLogger("authportal.config")
 ModelT = TypeVar("ModelT", bound=BaseModel)
+Loaded = TypeVar("Loaded")
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
@@ -264,6 +266,77 @@ class TlsFilesConfig(Model):
             raise SiblingProblem("cert_file", "not a PEM certificate with its unencrypted key (key_file) "
                                               f"({exc.reason})") from None
         return key_file
+
+
+def _read_x509(key: str, path: Path, read: Callable[[Path], Loaded]) -> Loaded:
+    """A certificate or CRL file read as the verify path reads it: problems at `key`."""
+    _readable(key, path)
+    try:
+        return read(path)
+    except ValueError as exc:
+        raise SiblingProblem(key, str(exc)) from None
+
+
+class ClientCertificatesConfig(Model):
+    """Client certificates (mTLS) on the verify endpoints: the proxy verifies, the portal maps them to users.
+
+    The proxy passes the certificate in X-SSL-Client-Cert and its verdict in X-SSL-Client-Verify; both are
+    believed only from server.trusted_proxies. A certificate is one factor, like Basic and API tokens.
+    """
+
+    enable: bool = False
+    #: Which field names the user: the subject's CN, the SAN e-mail (the user with that address), the SAN DNS
+    #: name, or the group of `regex` found in the subject (RFC 4514, e.g. `CN=alice,OU=ops,O=Example`).
+    map: Literal["subject_cn", "san_email", "san_dns", "subject_regex"] = "subject_cn"
+    regex: Annotated[str | None, Field(validate_default=True)] = None
+    #: The CAs that issue client certificates directly: the portal re-checks signature, dates and clientAuth.
+    ca_file: ConfigPath | None = None
+    #: Revoked certificates (PEM, one CRL per CA, or DER), re-read when the file changes; needs ca_file.
+    crl_file: Annotated[ConfigPath | None, Field(validate_default=True)] = None
+    #: Whether a certificate satisfies two_factor rules (a machine credential is one factor otherwise).
+    counts_as_two_factor: bool = False
+
+    @field_validator("regex")
+    @classmethod
+    def _one_user_group(cls, regex: str | None, info: ValidationInfo) -> str | None:
+        mapped = info.data.get("map")
+        if regex is None:
+            if mapped == "subject_regex":
+                raise ValueError("required when map is subject_regex: a pattern whose group is the user name, "
+                                 "e.g. '^CN=([^,]+),OU=monitoring'")
+            return None
+        if mapped is not None and mapped != "subject_regex":
+            raise ValueError(f"only read with map: subject_regex (map is {mapped})")
+        try:
+            compiled = re.compile(regex)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        if compiled.groups == 0:
+            raise ValueError("has no group: put the user name in one, e.g. 'CN=([^,]+)'")
+        if compiled.groups > 1 and "user" not in compiled.groupindex:
+            raise ValueError(f"has {compiled.groups} groups: name the user's (?P<user>...)")
+        return regex
+
+    @field_validator("ca_file")
+    @classmethod
+    def _authorities_load(cls, ca_file: Path | None) -> Path | None:
+        if ca_file is not None:
+            _read_x509("ca_file", ca_file, read_certificates)
+        return ca_file
+
+    @field_validator("crl_file")
+    @classmethod
+    def _crl_signed_by_a_ca(cls, crl_file: Path | None, info: ValidationInfo) -> Path | None:
+        if crl_file is None or "ca_file" not in info.data:  # an invalid ca_file is reported at its key
+            return crl_file
+        ca_file = info.data["ca_file"]
+        if ca_file is None:
+            raise ValueError("needs ca_file: a CRL is believed only with the signature of a CA in ca_file")
+        authorities = read_certificates(ca_file)
+        for crl in _read_x509("crl_file", crl_file, read_crls):
+            if signer(crl, authorities) is None:
+                raise ValueError(f"the CRL of {crl.issuer.rfc4514_string()} is not signed by a CA in ca_file")
+        return crl_file
 
 
 class RedisSentinelConfig(SecretsMixin):
@@ -586,6 +659,8 @@ class AuthenticationConfig(Model):
     #: Machine clients: HTTP Basic on the verify endpoints (a rule may override it).
     basic_auth: bool = True
     basic_auth_realm: str = "authportal"
+    #: Client certificates (mTLS) passed by the proxy: a machine credential like Basic and tokens.
+    client_certificates: ClientCertificatesConfig = ClientCertificatesConfig()
     #: How long a successful Basic check is remembered (keyed by a MAC of it, never the password); 0 disables.
     credentials_cache_ttl: Duration = 60.0
     credentials_cache_size: int = Field(default=10000, ge=1)

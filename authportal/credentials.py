@@ -2,7 +2,8 @@
 
 Every place that takes a password (the login form, HTTP Basic on the verify path, the re-authentication
 before a second factor is changed, and the ones to come) calls `CredentialChecks.password`, API tokens
-`CredentialChecks.token` and security keys `CredentialChecks.key`; nothing else calls the user provider's `check_password` (a test reads the source
+`CredentialChecks.token`, security keys `CredentialChecks.key` and client certificates
+`CredentialChecks.certificate`; nothing else calls the user provider's `check_password` (a test reads the source
 to hold that). The sequence is Authelia's first-factor handler's: a banned user or address is refused
 without a check; a failure counts towards a ban; every attempt is counted and audited; and a refusal takes
 about as long as a success, so the answer's time does not tell which accounts exist.
@@ -130,6 +131,8 @@ class CredentialChecks:
         # A key's signature is checked in constant time by its library; its ids are random: nothing to pad.
         self.security_key = EntryPoint("security_key", "second_factor_failure", True, None)
         self.passkey = EntryPoint("passkey", "login_failure", True, None)
+        # A certificate's checks (signature, dates, CRL, mapping) take no secret a timing could reveal.
+        self.client_certificate = EntryPoint("client_certificate", "login_failure", False, None)
 
     def password(self, entry: EntryPoint, username: str, password: str, client_ip: str) -> Attempt[UserDetails]:
         """Check a user's password at `entry`. Raises Busy when no check slot is free."""
@@ -138,6 +141,11 @@ class CredentialChecks:
     def token(self, client_ip: str, check: Callable[[], T | None]) -> Attempt[T]:
         """Run an API token `check` (None: refused); only the client address counts towards a ban."""
         return self._regulated(self.api_token, None, client_ip, check)
+
+    def certificate(self, client_ip: str, check: Callable[[], T]) -> Attempt[T]:
+        """Run a client-certificate `check` (it raises Refused to refuse); only the client address counts
+        towards a ban: the user a certificate names is not known until it was checked."""
+        return self._regulated(self.client_certificate, None, client_ip, check)
 
     def key(self, entry: EntryPoint, username: str | None, client_ip: str, check: Callable[[], T]) -> Attempt[T]:
         """Run a security-key `check` for `username` (None: a passkey nobody owns); it raises Refused to refuse."""

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from .audit import audit
 from .authorization import AccessRules, Decision, normalise_path
+from .client_certificates import ClientCertificates, Presented, ProxyHeaderError, presented
 from .config import Config, CookieDomain
 from .credentials import Busy
 from .identity import TWO_FACTOR, Identity
@@ -32,6 +33,8 @@ log = logging.getLogger("authportal.verify")
 VERIFY_PATH = "/api/verify"
 FORWARD_AUTH_PATH = "/api/forward-auth"
 MAX_IDENTITIES = 100_000
+#: What `_unauthorized` is told was refused when it was a client certificate: no Basic challenge, no login page.
+CLIENT_CERTIFICATE = "client certificate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +55,10 @@ class Verifier:
     def __init__(self, config: Config, sessions: SessionStore, rules: AccessRules,
                  machines: MachineAuthenticator, metrics: Metrics,
                  refresh: Callable[[str, dict[str, Any]], dict[str, Any] | None], proxies: TrustedProxies,
-                 templates: HeaderTemplates = DEFAULT_TEMPLATES):
+                 templates: HeaderTemplates = DEFAULT_TEMPLATES, certificates: ClientCertificates | None = None):
         self.templates = templates
+        #: None: client_certificates.enable is false, and the X-SSL-Client-* headers are never read.
+        self.certificates = certificates
         #: (identity, rule index) -> the headers of a rule that adds its own: built once per user and rule.
         self._rule_headers: dict[tuple[Identity, int], list[tuple[str, str]]] = {}
         self.sessions = sessions
@@ -126,7 +131,9 @@ class Verifier:
         identity: Identity | None = None
         cookie = self._cookie_domain(host)
         machine_header = self._credential(environ)
-        if machine_header is None:
+        certificate = self._certificate(environ) if machine_header is None and self.certificates else None
+        anonymous = machine_header is not None or certificate is not None  # decided without the session
+        if not anonymous:
             identity = self._session_identity(environ, cookie)
         # the rules normalise the host (case, port, trailing dot) the same way as their own domains, cached
         decision = self.rules.decide(host, target, method, client_ip,
@@ -147,12 +154,19 @@ class Verifier:
                               machine_header.split(" ")[0])
                     return Outcome(401, [("Retry-After", "1"), ("WWW-Authenticate", self.www_authenticate)],
                                    decision.policy, "busy")
-            if identity is not None:
-                decision = self.rules.decide(host, target, method, client_ip, identity.user, identity.groups)
-                if identity.limits is not None and not identity.limits.allow(method, target):
-                    self._audit_denied(identity, client_ip, url, method, decision.rule, environ,
-                                       "outside the token's methods and resources")
-                    return Outcome(403, [], decision.policy, "forbidden")
+        elif certificate is not None and decision.policy not in ("bypass", "deny"):
+            try:
+                identity = self._certificate_identity(certificate, client_ip)
+            except Busy:
+                log.debug("all credential-check slots busy: refusing a client certificate check (retry)")
+                return Outcome(401, [("Retry-After", "1")], decision.policy, "busy")
+        machine = machine_header is not None or certificate is not None
+        if identity is not None and anonymous:  # decided anonymously so far: now who asks decides
+            decision = self.rules.decide(host, target, method, client_ip, identity.user, identity.groups)
+            if identity.limits is not None and not identity.limits.allow(method, target):
+                self._audit_denied(identity, client_ip, url, method, decision.rule, environ,
+                                   "outside the token's methods and resources")
+                return Outcome(403, [], decision.policy, "forbidden")
         policy = decision.policy
 
         if policy == "bypass":
@@ -161,13 +175,14 @@ class Verifier:
             self._audit_denied(identity, client_ip, url, method, decision.rule, environ)
             return Outcome(403, [], policy, "forbidden")
         if identity is None:
-            return self._unauthorized(url, style, basic_allowed, environ, method, policy, machine_header, cookie)
+            credentials = CLIENT_CERTIFICATE if certificate is not None else machine_header
+            return self._unauthorized(url, style, basic_allowed, environ, method, policy, credentials, cookie)
         if policy == "two_factor" and identity.level < TWO_FACTOR:
-            if machine_header is not None:  # a script cannot answer a TOTP prompt
+            if machine:  # a script cannot answer a TOTP prompt
                 self._audit_denied(identity, client_ip, url, method, decision.rule, environ, "second factor required")
                 return Outcome(403, [], policy, "forbidden")
             return self._unauthorized(url, style, False, environ, method, policy, None, cookie)
-        if decision.max_age is not None and machine_header is None and not identity.fresh(
+        if decision.max_age is not None and not machine and not identity.fresh(
                 decision.max_age, policy == "two_factor", time.time()):
             # a step-up rule: the sign-in is too old for this path; the portal asks "Confirm it's you"
             return self._unauthorized(url, style, False, environ, method, policy, None, cookie)
@@ -192,6 +207,20 @@ class Verifier:
             if header and self.machines.ours(header):
                 return header
         return None
+
+    def _certificate(self, environ: dict[str, Any]) -> Presented | None:
+        """The client certificate the proxy passed (client_certificates.enable only): one dict lookup without."""
+        try:
+            return presented(environ)
+        except ProxyHeaderError as exc:
+            raise BadRequest(str(exc)) from None
+
+    def _certificate_identity(self, certificate: Presented, client_ip: str) -> Identity | None:
+        assert self.certificates is not None
+        try:
+            return self.certificates.authenticate(certificate, client_ip)
+        except ProxyHeaderError as exc:
+            raise BadRequest(str(exc)) from None
 
     def _cookie_domain(self, host: str) -> CookieDomain | None:
         if host not in self._cookie_domains:
@@ -240,7 +269,7 @@ class Verifier:
         headers = [("Location", location)]
         if credentials is not None and credentials[:7].lower() == "bearer ":
             headers.append(("WWW-Authenticate", self.bearer_challenge))  # RFC 6750: the token was refused
-        elif basic_allowed and not browser:
+        elif basic_allowed and not browser and credentials is not CLIENT_CERTIFICATE:
             headers.append(("WWW-Authenticate", self.www_authenticate))
         return Outcome(401, headers, policy, "unauthorized")
 

@@ -1,7 +1,7 @@
 """Pages a person trusts: the served portal (`authportal serve`) in real headless Chromium.
 
 Every page a user meets is reached the way a person reaches it, then measured at
-desktop (1280×800) and phone (390×844) width: contrast ratios computed from the
+desktop (1280×800) and phone (390×844) width, in the light and the dark theme: contrast ratios computed from the
 styles Chromium applied (text 4.5:1; focus ring, input and button edges 3:1,
 tests/support/accessibility.py), axe-core's WCAG 2.1 AA audit, no sideways scrolling.
 Screenshots go to test-artifacts/screenshots/<page>-<width>.png for a human to
@@ -14,6 +14,7 @@ go back, a reused code tells you to wait for the next one.
 from __future__ import annotations
 
 import html as html_module
+import itertools
 import json
 import re
 import subprocess
@@ -34,6 +35,7 @@ from tests.support.portal import USERS, PortalSetup, ServedPortal, csrf_from, lo
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+THEMES = ("light", "dark")
 SCREENSHOTS = ARTIFACTS / "screenshots"
 CONTRAST = ARTIFACTS / "contrast"
 
@@ -55,7 +57,7 @@ class Portal:
 
 @contextmanager
 def serving_portal(directory: Path) -> Iterator[Portal]:
-    setup = PortalSetup(directory / "portal")
+    setup = PortalSetup(directory / "portal").write(theme="auto")  # light or dark as the browser prefers
     generated = subprocess.run([sys.executable, "-m", "authportal", "totp", "generate", "carol",
                                 "--config", str(setup.config_path)], capture_output=True, text=True, check=True)
     uri = next(line for line in generated.stdout.splitlines() if line.startswith("otpauth://"))
@@ -189,18 +191,20 @@ def test_page_is_readable_and_usable_by_keyboard_at_desktop_and_phone_width(brow
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         CONTRAST.mkdir(parents=True, exist_ok=True)
         measured = {}
-        for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        for (width, viewport), theme in itertools.product((("desktop", DESKTOP), ("phone", PHONE)), THEMES):
             page.set_viewport_size(viewport)
-            page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
+            page.emulate_media(color_scheme=theme)  # the portal's theme is auto: it follows the browser
+            shot = f"{name}-{width}" + ("-dark" if theme == "dark" else "")
+            page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
             assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"], "scrolls sideways"
 
             report = measure_contrast(page)
-            measured[width] = {kind: round(report.lowest(kind), 2) for kind in sorted(report.kinds())}
-            assert not report.failures, "\n".join(map(str, report.failures))
+            measured[f"{width}-{theme}"] = {kind: round(report.lowest(kind), 2) for kind in sorted(report.kinds())}
+            assert not report.failures, f"{theme}, {width}:\n" + "\n".join(map(str, report.failures))
             assert "text" in report.kinds() and "focus ring" in report.kinds()  # every page has both
             if page.locator("input[type=text], input[type=password]").count():
                 assert "input border" in report.kinds()
-            assert run_axe(page) == []
+            assert run_axe(page) == [], f"{theme}, {width}"
         (CONTRAST / f"{name}.json").write_text(json.dumps(measured, indent=1, sort_keys=True))
 
 

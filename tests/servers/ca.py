@@ -49,18 +49,21 @@ class CertificateAuthority:
         return path
 
     def issue(self, cert_path: Path, key_path: Path, common_name: str, dns_names: tuple[str, ...] = (),
-              ips: tuple[str, ...] = (), client: bool = False) -> tuple[Path, Path]:
-        """Write a leaf certificate and its (0600) key; server certificates carry the given SANs."""
+              ips: tuple[str, ...] = (), client: bool = False, emails: tuple[str, ...] = (),
+              valid: tuple[datetime.timedelta, datetime.timedelta] | None = None) -> tuple[Path, Path]:
+        """Write a leaf certificate and its (0600) key with the given SANs; `valid`: (from, until) relative to now
+        (default: from an hour ago for 7 days; an expired one: `(-2 days, -1 day)`)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        since, until = valid or (datetime.timedelta(hours=-1), datetime.timedelta(days=7))
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
+            .not_valid_before(now + since)
+            .not_valid_after(now + until)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -72,6 +75,7 @@ class CertificateAuthority:
         )
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        names += [x509.RFC822Name(email) for email in emails]
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
@@ -82,6 +86,23 @@ class CertificateAuthority:
         )
         key_path.chmod(0o600)
         return cert_path, key_path
+
+
+    def write_crl(self, path: Path, revoked: tuple[Path, ...] = (),
+                  next_update: datetime.timedelta = datetime.timedelta(days=1)) -> Path:
+        """Write (atomically, as an operator's `mv` does) a PEM CRL revoking the certificates in these files."""
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+                   .last_update(now + min(-datetime.timedelta(minutes=5), next_update - datetime.timedelta(days=1)))
+                   .next_update(now + next_update))
+        for cert_path in revoked:
+            serial = x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+        temporary = path.with_name(path.name + ".new")
+        temporary.write_bytes(builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        temporary.replace(path)
+        return path
 
 
 def spki_sha256(cert_path: Path) -> str:
