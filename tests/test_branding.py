@@ -95,3 +95,23 @@ def test_a_brand_that_cannot_work_is_refused_with_its_key(portal_setup, tmp_path
     (portal_setup.config_path.parent / "fake.png").write_bytes(SVG)
     problems = _problems(portal_setup, tmp_path, **sections)
     assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_the_documented_brand_block_is_a_valid_configuration(portal_setup, tmp_path):
+    """docs/translations.md's YAML blocks, as printed (its logo path swapped for a real file)."""
+    import textwrap
+
+    from tests.servers.process import REPO
+
+    doc = (REPO / "docs" / "translations.md").read_text()
+    blocks = [yaml.safe_load(textwrap.dedent(b)) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    assert len(blocks) == 2
+    document = portal_setup.document()
+    for block in blocks:
+        document.update(block)
+    assert document["branding"]["logo_file"] == "/etc/authportal/acme.svg"
+    (tmp_path / "acme.svg").write_bytes(SVG)
+    document["branding"]["logo_file"] = str(tmp_path / "acme.svg")
+    portal_setup.config_path.write_text(yaml.safe_dump(document))
+    config = load_config(portal_setup.config_path)
+    assert (config.i18n.default_locale, config.theme, config.branding.primary_color) == ("de", "auto", "#6d28d9")
