@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The versions every dependency was tested with; setup.cfg keeps the ranges a user's install may pick from.
 CONSTRAINTS := constraints.txt
+# The suite runs in two processes (pytest-xdist): each test starts its own servers on free ports in its own temp dir.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint constraints bench clean
 
@@ -22,7 +24,7 @@ lint: $(BIN)/authportal
 
 test: lint
 	./scripts/install-test-deps.sh
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The newest versions setup.cfg allows, resolved in a throwaway venv, become the tested set:
 # run `make test` with them (the venv above reinstalls from the new file), then commit constraints.txt.

@@ -15,6 +15,16 @@ pytest_plugins = ["tests.servers.fixtures", "tests.servers.ldap_fixtures", "test
 resolve_example_test()
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """For `make test`'s two workers (pytest-xdist, `--dist loadgroup`): a module's tests stay together (its
+    module-scoped servers start once), and the modules that run Samba AD share one worker: two domain
+    controllers starting at once on a 2-core machine fail each other ("failed to setup parent messaging")."""
+    samba_modules = {item.module.__name__ for item in items if any("samba" in name for name in item.fixturenames)}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("samba-ad" if module in samba_modules else module))
+
+
 @pytest.fixture
 def portal_setup(tmp_path) -> PortalSetup:
     return PortalSetup(tmp_path / "portal")
