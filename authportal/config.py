@@ -652,6 +652,87 @@ class LdapConfig(SecretsMixin):
         return template
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+OIDC_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+def _issuer_url(value: str) -> str:
+    """An issuer is https, or http on this machine only (trials and tests): its tokens decide who signs in."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("must be an https URL without query or fragment, e.g. https://sso.example.com/realms/corp")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError(f"must be https: http is allowed only on this machine ({', '.join(LOOPBACK_HOSTS)})")
+    return value.rstrip("/")
+
+
+class OidcProviderConfig(SecretsMixin):
+    """One OpenID Provider the login page offers a "Sign in with …" button for."""
+
+    _secret_fields = ("client_secret",)
+    #: In the callback URL (/oidc/callback/<name>) and in sessions: short, lower case.
+    name: Annotated[str, Field(pattern=OIDC_NAME)]
+    display_name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    issuer: Annotated[str, AfterValidator(_issuer_url)]
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret: SecretStr | None = Field(default=None, validate_default=True)
+    scopes: list[str] = ["openid", "profile", "email", "groups"]
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    #: Only users whose e-mail is in one of these domains (empty: any).
+    allowed_domains: list[Annotated[str, AfterValidator(_dns_domain)]] = []
+    #: Only members of one of these groups (empty: any).
+    allowed_groups: list[str] = []
+    #: `amr` or `acr` values that count as the portal's second factor (e.g. [mfa, otp, hwk]).
+    two_factor_claims: list[str] = []
+    #: Where the groups come from: the provider's claims, or the LDAP directory (authentication.ldap).
+    groups_from: Literal["provider", "ldap"] = "provider"
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    #: How often a session's groups are asked of the provider again.
+    refresh_interval: Duration = Field(default=300.0, ge=1)
+    timeout: Duration = Field(default=10.0, gt=0, le=60)
+
+    @field_validator("client_secret")
+    @classmethod
+    def _required(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            raise ValueError("required (or client_secret_file): the portal authenticates itself to the provider")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid_scope(cls, scopes: list[str]) -> list[str]:
+        if "openid" not in scopes:
+            raise ValueError("must include openid")
+        return scopes
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+
+class OidcConfig(Model):
+    providers: list[OidcProviderConfig] = []
+    #: Only the providers' buttons on the login page (the password form is gone; Basic still works).
+    hide_password_form: bool = False
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_names(cls, providers: list[OidcProviderConfig]) -> list[OidcProviderConfig]:
+        names = [provider.name for provider in providers]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"provider names must be unique: {', '.join(twice)} more than once")
+        return providers
+
+    @field_validator("hide_password_form")
+    @classmethod
+    def _some_button(cls, hide: bool, info: ValidationInfo) -> bool:
+        if hide and not info.data.get("providers", [None]):
+            raise ValueError("needs at least one provider: else nobody could sign in")
+        return hide
+
+
 class AuthenticationConfig(Model):
     backend: Literal["file", "ldap"] = "file"
     file: FileBackendConfig | None = Field(default=None, validate_default=True)
@@ -664,6 +745,8 @@ class AuthenticationConfig(Model):
     #: How long a successful Basic check is remembered (keyed by a MAC of it, never the password); 0 disables.
     credentials_cache_ttl: Duration = 60.0
     credentials_cache_size: int = Field(default=10000, ge=1)
+    #: Sign-in through OpenID Providers (a button each on the login page).
+    oidc: OidcConfig = OidcConfig()
 
     @field_validator("file", "ldap")
     @classmethod
@@ -671,6 +754,15 @@ class AuthenticationConfig(Model):
         if section is None and info.data.get("backend") == info.field_name:
             raise ValueError(f"required key is missing (authentication.backend is {info.field_name!r})")
         return section
+
+    @field_validator("oidc")
+    @classmethod
+    def _groups_from_ldap(cls, oidc: OidcConfig, info: ValidationInfo) -> OidcConfig:
+        for index, provider in enumerate(oidc.providers):
+            if provider.groups_from == "ldap" and info.data.get("backend", "ldap") != "ldap":
+                raise SiblingProblem(f"oidc.providers[{index}].groups_from",
+                                     "ldap needs authentication.backend: ldap")
+        return oidc
 
 
 class TotpConfig(Model):

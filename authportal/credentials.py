@@ -131,6 +131,8 @@ class CredentialChecks:
         # A key's signature is checked in constant time by its library; its ids are random: nothing to pad.
         self.security_key = EntryPoint("security_key", "second_factor_failure", True, None)
         self.passkey = EntryPoint("passkey", "login_failure", True, None)
+        # An OpenID Provider's callback: its state, code and token are random; nothing to learn from time.
+        self.identity_provider = EntryPoint("oidc", "login_failure", True, None)
         # A certificate's checks (signature, dates, CRL, mapping) take no secret a timing could reveal.
         self.client_certificate = EntryPoint("client_certificate", "login_failure", False, None)
 
@@ -152,6 +154,18 @@ class CredentialChecks:
         attempt = self._regulated(entry, username, client_ip, check)
         self.metrics.webauthn.labels(entry.name, attempt.result).inc()
         return attempt
+
+    def provider_sign_in(self, client_ip: str, check: Callable[[], T], username_of: Callable[[T], str]) -> Attempt[T]:
+        """Run an OpenID Provider callback's `check` (it raises Refused to refuse). Who signs in is known only once
+        the provider answered: the address's ban is checked before, the user's after."""
+
+        def checked() -> T:
+            found = check()
+            if self.regulator.is_banned(username_of(found), client_ip):
+                raise Refused("banned", "This sign-in was refused. Try again later.")
+            return found
+
+        return self._regulated(self.identity_provider, None, client_ip, checked)
 
     def _regulated(self, entry: EntryPoint, username: str | None, client_ip: str,
                    check: Callable[[], T | None]) -> Attempt[T]:

@@ -18,6 +18,7 @@ from .config import Config
 from .credentials import CredentialChecks
 from .health import Readiness
 from .identity_links import IdentityLinks
+from .identity_providers import IdentityProviders
 from .machine_auth import CredentialCache
 from .metrics import Metrics
 from .notifier import Notifier, Outbox, open_notifier
@@ -25,7 +26,7 @@ from .password_policy import PasswordPolicy
 from .passwords import PasswordHasher
 from .proxies import TrustedProxies
 from .redis_client import connect
-from .refresh import DetailsRefresher
+from .refresh import DetailsRefresher, SessionRefresher, directory_lookup
 from .regulation import Regulator, open_regulator
 from .secretbox import SecretBox
 from .security_keys import SecurityKeys
@@ -61,12 +62,14 @@ class Portal:
     token_credentials: CredentialCache
     metrics: Metrics
     proxies: TrustedProxies
-    refresher: DetailsRefresher
+    refresher: SessionRefresher
     #: Admits password checks while at least 2 request threads stay free for verifies.
     login_gate: threading.BoundedSemaphore
     #: The one path for every password and token check (bans, timing, metrics, audit).
     checks: CredentialChecks
     readiness: Readiness
+    #: The OpenID Providers of the login page's buttons (authentication.oidc).
+    identity_providers: IdentityProviders
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -122,11 +125,15 @@ def build_portal(config: Config) -> Portal:
     if isinstance(provider, UsersFileProvider):
         provider.on_change(credentials.clear)
         provider.on_change(token_credentials.clear)
-        refresher = DetailsRefresher(provider, sessions, None)
-        provider.on_change(refresher.forget_all)
+        directory = DetailsRefresher(directory_lookup(provider), sessions, None)
+        provider.on_change(directory.forget_all)
     else:
         assert config.authentication.ldap is not None
-        refresher = DetailsRefresher(provider, sessions, config.authentication.ldap.refresh_interval)
+        directory = DetailsRefresher(directory_lookup(provider), sessions, config.authentication.ldap.refresh_interval)
+    identity_providers = IdentityProviders(config, storage, box, provider)
+    refresher = SessionRefresher(directory, {
+        settings.name: DetailsRefresher(identity_providers.lookup(settings.name), sessions, settings.refresh_interval)
+        for settings in config.authentication.oidc.providers})
     regulator = open_regulator(config, storage, redis_client)
     notifier = open_notifier(config.notifier) if config.notifier is not None else None
     login_gate = threading.BoundedSemaphore(config.server.threads - 2)
@@ -143,6 +150,7 @@ def build_portal(config: Config) -> Portal:
         box=box, policy=PasswordPolicy(config.password_policy), links=IdentityLinks(storage), notifier=notifier,
         outbox=Outbox(on_failure=lambda exc: metrics.backend_errors.labels("notifier").inc()),
         readiness=build_readiness(config, provider, storage, sessions, metrics, notifier),
+        identity_providers=identity_providers,
     )
     portal.closers += [portal.outbox.close, storage.close, provider.close, sessions.close, refresher.close]
     if redis_client is not None:

@@ -5,14 +5,16 @@ With the users file the check is a dictionary lookup, done the first time this p
 and again after each reload of the file (`on_change`).
 With LDAP it would be a directory search, so the verify path never waits for
 it: a session older than `refresh_interval` is refreshed in the background and
-keeps its current groups until the answer arrives.
+keeps its current groups until the answer arrives. A session signed in through an
+OpenID Provider is refreshed the same way, from that provider (`SessionRefresher`
+routes it): a users file reload or a directory refresh never touches its groups.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,11 +28,34 @@ log = logging.getLogger("authportal.refresh")
 MAX_TRACKED = 100_000
 
 
+class UserGone(Exception):
+    """The source of a session's user says it is no longer theirs (removed, disabled, password changed)."""
+
+
+#: The current user fields of a session (`identity.session_fields`), from wherever they come; raises UserGone,
+#: BackendUnavailable.
+Lookup = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def directory_lookup(provider: UserProvider) -> Lookup:
+    """The users file's or the directory's view of a session's user."""
+
+    def lookup(data: dict[str, Any]) -> dict[str, Any]:
+        details = provider.get_details(data["user"])
+        if details is None:
+            raise UserGone("user removed or disabled")
+        if data.get("stamp", details.credential_stamp) != details.credential_stamp:
+            raise UserGone("password changed")  # whoever signed in with the old one is out, like everywhere else
+        return session_fields(details)
+
+    return lookup
+
+
 class DetailsRefresher:
-    def __init__(self, provider: UserProvider, sessions: SessionStore, interval: float | None,
+    def __init__(self, lookup: Lookup, sessions: SessionStore, interval: float | None,
                  clock: Callable[[], float] = time.time):
         """`interval` None = check inline on every call (cheap backends); seconds = background refresh."""
-        self.provider = provider
+        self.lookup = lookup
         self.sessions = sessions
         self.interval = interval
         self._clock = clock
@@ -76,14 +101,12 @@ class DetailsRefresher:
                 self._pending.discard(session_id)
 
     def _apply(self, session_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
-        details = self.provider.get_details(data["user"])
-        if details is None or data.get("stamp", details.credential_stamp) != details.credential_stamp:
-            # a changed password: whoever signed in with the old one is out, like everywhere else
-            reason = "user removed or disabled" if details is None else "password changed"
+        try:
+            fields = self.lookup(data)
+        except UserGone as gone:
             self.sessions.end(session_id)
-            audit("session_revoked", user=data["user"], reason=reason)
+            audit("session_revoked", user=data["user"], reason=str(gone))
             return None
-        fields = session_fields(details)
         if self.interval is not None:
             fields["refreshed"] = self._clock()
         if all(data.get(k) == v for k, v in fields.items()):
@@ -95,3 +118,27 @@ class DetailsRefresher:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class SessionRefresher:
+    """Sends each session to the refresher of where its groups come from: the users file or directory, or the
+    OpenID Provider it signed in through (`data["oidc"]["provider"]`, unless its groups come from LDAP)."""
+
+    def __init__(self, directory: DetailsRefresher, providers: Mapping[str, DetailsRefresher]):
+        self.directory = directory
+        self.providers = providers
+
+    def __call__(self, session_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        oidc = data.get("oidc")
+        if not oidc or oidc.get("groups_from") == "ldap":
+            return self.directory(session_id, data)
+        refresher = self.providers.get(oidc.get("provider"))
+        if refresher is None:  # the provider was removed from the configuration: its sessions end
+            self.directory.sessions.end(session_id)
+            audit("session_revoked", user=data["user"], reason="identity provider no longer configured")
+            return None
+        return refresher(session_id, data)
+
+    def close(self) -> None:
+        for refresher in (self.directory, *self.providers.values()):
+            refresher.close()

@@ -124,6 +124,22 @@ webauthn_ceremonies = sa.Table(
 )
 
 
+#: OpenID Connect sign-ins in progress: the state's SHA-256, the browser that started it (a cookie's SHA-256), the
+#: nonce and PKCE verifier, and where to go afterwards; taken once (a DELETE), expiring after a few minutes.
+oidc_flows = sa.Table(
+    "oidc_flows",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("browser", sa.String(64), nullable=False),
+    sa.Column("nonce", sa.String(64), nullable=False),
+    sa.Column("verifier", sa.String(128), nullable=False),
+    sa.Column("rd", sa.Text),
+    sa.Column("rm", sa.String(16)),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+
 #: E-mailed links (a password reset, removing a lost second factor): only the SHA-256 of the link's token, the
 #: user and their password stamp when it was made (a link made before a password change no longer works).
 identity_links = sa.Table(

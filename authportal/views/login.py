@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, g, make_response, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from ..audit import audit
@@ -39,6 +40,7 @@ from .shared import (
     busy,
     check_csrf,
     clear_session_cookie,
+    current_cookie,
     current_portal,
     current_session,
     session_id,
@@ -47,15 +49,17 @@ from .shared import (
 
 bp = Blueprint("login", __name__)
 
-def _login_page(error: str | None = None, status: int = 200, username: str = "") -> Response:
+def login_page(error: str | None = None, status: int = 200, username: str = "") -> Response:
     portal = current_portal()
     url = target_url()
+    hide_password_form = portal.config.authentication.oidc.hide_password_form
     page = render_template(
         "login.html", error=error, notice=None if error else notices.take(), username=username, rd=form_rd(),
         site=urlsplit(url).hostname if url else None,
         remember_me=portal.config.session.remember_me > 0,
         passkey=portal.config.webauthn.passkey_login and not portal.config.webauthn_unavailable,
-        reset=portal.config.password_reset.enable,
+        reset=portal.config.password_reset.enable and not hide_password_form,
+        providers=portal.identity_providers.buttons(), password_form=not hide_password_form,
     )
     return make_response(page, status)
 
@@ -66,8 +70,8 @@ def index() -> Response:
     url = target_url()
     if session is None:
         if g.get("store_down"):
-            return _login_page(UNAVAILABLE, 503)
-        return _login_page()
+            return login_page(UNAVAILABLE, 503)
+        return login_page()
     if url is not None:  # without a target one factor is enough: the account page
         return next_step(session, url)
     return account_page(session)
@@ -77,6 +81,8 @@ def index() -> Response:
 def login() -> Response:
     check_csrf()
     portal = current_portal()
+    if portal.config.authentication.oidc.hide_password_form:  # only the providers' buttons sign in here
+        return error_page(404, _("Sign in with one of the buttons on the sign-in page."))
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     remember = bool(request.form.get("remember")) and portal.config.session.remember_me > 0
@@ -84,22 +90,22 @@ def login() -> Response:
     try:
         attempt = portal.checks.password(portal.checks.form, username, password, client_ip)
     except Busy:
-        return busy(_login_page(BUSY, 503, username))
+        return busy(login_page(BUSY, 503, username))
     if attempt.result == "backend_error":
-        return _login_page(UNAVAILABLE, 503, username)
+        return login_page(UNAVAILABLE, 503, username)
     if attempt.change is not None:  # the right password, expired or to be changed now: the change form
         response = redirect(with_rd("passwords.expired", target_url()))
         hold_expired_password(response, attempt.change.username, password)
         return response
     details = attempt.found
     if details is None:
-        return _login_page(BAD_CREDENTIALS, 401, username)
+        return login_page(BAD_CREDENTIALS, 401, username)
 
     data = dict(session_fields(details), level=ONE_FACTOR, authenticated_at=time.time())
     try:
         sid = start_session(data, remember)
     except SessionStoreUnavailable:
-        return _login_page(UNAVAILABLE, 503, username)
+        return login_page(UNAVAILABLE, 503, username)
     audit("login_success", user=details.username, ip=client_ip, factor="password", remember=remember)
     response = next_step(data, target_url())
     set_session_cookie(response, sid, remember)
@@ -206,7 +212,9 @@ def logout() -> Response:
             return error_page(503, UNAVAILABLE)
     if session:
         audit("logout", user=session["user"], ip=portal.proxies.client_ip(request.environ))
-    response = redirect(target_url() or url_for("login.index"))
+    # Signed in through a provider: signed out there too (RP-initiated logout), back to the sign-in page.
+    at_provider = session and portal.identity_providers.logout_url(session, current_cookie().portal_url + "/")
+    response = redirect(at_provider or target_url() or url_for("login.index"))
     clear_session_cookie(response)
     # shown by the sign-in page, here or after the app sends the user back
     notices.leave(response, "signed_out_one_domain" if len(portal.config.cookie_domains) > 1 else "signed_out")
