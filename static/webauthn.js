@@ -56,27 +56,31 @@
     });
   }
 
+  /* The page's text for `name` (a data-msg-* attribute of the status element, rendered in the page's language
+   * by templates/webauthn_status.html): the script itself has no user-visible text. */
+  function text(status, name) {
+    return status.getAttribute("data-msg-" + name) || status.getAttribute("data-msg-unknown") || "";
+  }
+
   /* What a person can do about what went wrong. */
-  function explain(error, kind) {
+  function explain(error, kind, status) {
     switch (error && error.name) {
       case "NotAllowedError":
-        return kind === "register"
-          ? "No key was added: the request was cancelled or timed out. Try again and touch your key when it blinks."
-          : "No key answered: the request was cancelled, timed out, or no key registered here is present. Try again.";
+        return text(status, kind === "register" ? "not-allowed-register" : "not-allowed");
       case "InvalidStateError":
-        return "This key is already registered.";
+        return text(status, "invalid-state");
       case "NotSupportedError":
-        return "This key cannot be used here (it does not support what the portal asks). Try another key.";
+        return text(status, "not-supported");
       case "SecurityError":
-        return "This site cannot use security keys (it must be on https under its own name).";
+        return text(status, "security");
       case "AbortError":
-        return "The request was cancelled.";
-      default:
-        return (error && error.message) || "Something went wrong. Try again.";
+        return text(status, "abort");
+      default:  // the portal's own (translated) message, or the browser's
+        return (error && error.message) || text(status, "unknown");
     }
   }
 
-  function post(url, form, extra) {
+  function post(url, form, status, extra) {
     var body = new URLSearchParams(new FormData(form));
     Object.keys(extra || {}).forEach(function (k) { body.set(k, extra[k]); });
     return fetch(url, { method: "POST", body: body, credentials: "same-origin",
@@ -84,7 +88,7 @@
       .then(function (res) {
         return res.json().catch(function () { return {}; }).then(function (data) {
           if (!res.ok) {
-            var e = new Error(data.error || data.message || "The portal could not answer (" + res.status + "). Try again.");
+            var e = new Error(data.error || data.message || text(status, "portal").replace("{status}", res.status));
             e.name = "PortalError";
             throw e;
           }
@@ -97,7 +101,7 @@
     var kind = form.getAttribute("data-webauthn"), button = form.querySelector("button[type=submit]");
     function show(message) { status.textContent = message; status.hidden = false; }
     if (!window.PublicKeyCredential || !navigator.credentials) {
-      show("This browser does not support security keys or passkeys.");
+      show(text(status, "unsupported"));
       button.disabled = true;
       return;
     }
@@ -105,17 +109,17 @@
       event.preventDefault();
       status.hidden = true;
       button.disabled = true;
-      post(form.getAttribute("data-options"), form)
+      post(form.getAttribute("data-options"), form, status)
         .then(function (options) {
           return kind === "register"
             ? navigator.credentials.create(creationOptions(options))
             : navigator.credentials.get(requestOptions(options));
         })
         .then(function (credential) {
-          return post(form.getAttribute("data-finish"), form, { credential: encode(credential) });
+          return post(form.getAttribute("data-finish"), form, status, { credential: encode(credential) });
         })
         .then(function (answer) { window.location.assign(answer.redirect); })
-        .catch(function (error) { show(explain(error, kind)); button.disabled = false; });
+        .catch(function (error) { show(explain(error, kind, status)); button.disabled = false; });
     });
   }
 
