@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
@@ -54,7 +55,8 @@ BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,1364}")
 
 
 class KeyRefused(Refused):
-    """A key, or the response made with it, is not accepted; `reason` is a short label, `message` for people."""
+    """A key, or the response made with it, is not accepted; `reason` is a short label, `message` for people
+    (in the language of the request that checks the key: gettext outside a request says it in English)."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,11 @@ def _credential_id(credential: dict[str, Any]) -> str:
     """The credential id of a browser's response, normalised (base64url without padding)."""
     raw = credential.get("rawId") if isinstance(credential, dict) else None
     if not isinstance(raw, str) or not BASE64URL.fullmatch(raw):
-        raise KeyRefused("malformed", "The browser's answer could not be read. Try again.")
+        raise KeyRefused("malformed", _("The browser's answer could not be read. Try again."))
     try:
         return bytes_to_base64url(base64url_to_bytes(raw))
     except ValueError:
-        raise KeyRefused("malformed", "The browser's answer could not be read. Try again.") from None
+        raise KeyRefused("malformed", _("The browser's answer could not be read. Try again.")) from None
 
 
 class SecurityKeys:
@@ -166,14 +168,14 @@ class SecurityKeys:
         """Verify a browser's new credential and keep it under `name`. Raises KeyRefused."""
         name = " ".join(name.split())
         if not name or len(name) > MAX_NAME_LENGTH:
-            raise KeyRefused("bad_name", f"Give the key a name of 1 to {MAX_NAME_LENGTH} characters.")
+            raise KeyRefused("bad_name", _("Give the key a name of 1 to %(max)d characters.", max=MAX_NAME_LENGTH))
         challenge = self._take(ceremony_id, REGISTER, session_id, username)
         try:
             verified = verify_registration_response(
                 credential=credential, expected_challenge=challenge, expected_rp_id=self.rp_id,
                 expected_origin=self.origin, require_user_verification=self.settings.user_verification == "required")
         except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
-            raise KeyRefused("bad_registration", "The key's answer was not accepted. Try again.") from exc
+            raise KeyRefused("bad_registration", _("The key's answer was not accepted. Try again.")) from exc
         transports = credential["response"].get("transports")
         transports = transports if isinstance(transports, list) else []
         known = {t.value for t in AuthenticatorTransport}
@@ -188,10 +190,11 @@ class SecurityKeys:
             with self.storage.begin() as conn:
                 if conn.execute(sa.select(webauthn_credentials.c.id).where(
                         webauthn_credentials.c.username == username, webauthn_credentials.c.name == name)).first():
-                    raise KeyRefused("duplicate_name", f"You already have a key named “{name}”. Choose another name.")
+                    raise KeyRefused("duplicate_name", _("You already have a key named “%(name)s”. Choose another name.",
+                                                           name=name))
                 key_id = conn.execute(webauthn_credentials.insert().values(**row)).inserted_primary_key[0]
         except StorageConflict:
-            raise KeyRefused("already_registered", "This key is already registered.") from None
+            raise KeyRefused("already_registered", _("This key is already registered.")) from None
         return SecurityKey(key_id, username, name, row["credential_id"], row["discoverable"], row["created_at"],
                            None, None)
 
@@ -214,17 +217,17 @@ class SecurityKeys:
         challenge = self._take(ceremony_id, purpose, session_id, username)
         key = self._by_credential_id(_credential_id(credential))
         if key is None:
-            raise KeyRefused("unknown_key", "This key is not registered here.")
+            raise KeyRefused("unknown_key", _("This key is not registered here."))
         if username is not None and key.username != username:
-            raise KeyRefused("other_user", "This key belongs to another account.")
+            raise KeyRefused("other_user", _("This key belongs to another account."))
         if key.cloned_at is not None:
-            raise KeyRefused("blocked", "This key is blocked: it may have been copied. Remove it and register it "
-                                        "again, or use another factor.")
+            raise KeyRefused("blocked", _("This key is blocked: it may have been copied. Remove it and register it "
+                                        "again, or use another factor."))
         if key.id == exclude:
-            raise KeyRefused("same_key", "You signed in with this key: use another key or your app's code.")
+            raise KeyRefused("same_key", _("You signed in with this key: use another key or your app's code."))
         stored = self._stored(key.id)
         if username is None and credential["response"].get("userHandle") != stored.user_handle:
-            raise KeyRefused("other_user", "This key belongs to another account.")
+            raise KeyRefused("other_user", _("This key belongs to another account."))
         try:
             verified = verify_authentication_response(
                 credential=credential, expected_challenge=challenge, expected_rp_id=self.rp_id,
@@ -232,15 +235,15 @@ class SecurityKeys:
                 credential_current_sign_count=0,  # the counter is checked below, to tell a cloned key apart
                 require_user_verification=self.settings.user_verification == "required")
         except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
-            raise KeyRefused("bad_signature", "The key's answer was not accepted. Try again.") from exc
+            raise KeyRefused("bad_signature", _("The key's answer was not accepted. Try again.")) from exc
         now = self.clock()
         counted = verified.new_sign_count or stored.sign_count
         if counted and verified.new_sign_count <= stored.sign_count:
             with self.storage.begin() as conn:
                 conn.execute(webauthn_credentials.update().where(webauthn_credentials.c.id == key.id)
                              .values(cloned_at=now))
-            raise KeyRefused("cloned", "This key's counter went backwards, so it may have been copied: it is now "
-                                       "blocked. Remove it and register it again, or use another factor.")
+            raise KeyRefused("cloned", _("This key's counter went backwards, so it may have been copied: it is now "
+                                       "blocked. Remove it and register it again, or use another factor."))
         with self.storage.begin() as conn:
             conn.execute(webauthn_credentials.update().where(webauthn_credentials.c.id == key.id)
                          .values(sign_count=verified.new_sign_count, last_used_at=now))
@@ -286,7 +289,7 @@ class SecurityKeys:
 
     def _take(self, ceremony_id: str, purpose: str, session_id: str | None, username: str | None) -> bytes:
         """The ceremony's challenge, once: the row is deleted whoever asks, and only its own session may use it."""
-        expired = KeyRefused("no_ceremony", "This request expired or was already used. Try again.")
+        expired = KeyRefused("no_ceremony", _("This request expired or was already used. Try again."))
         if not ceremony_id:
             raise expired
         table = webauthn_ceremonies

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, make_response, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from markupsafe import Markup
 from werkzeug.wrappers import Response
 
@@ -54,9 +55,9 @@ def totp_setup() -> Response:
     rd = form_rd()
     enrolled = portal.totp.has_totp(session["user"])
     if not portal.config.totp.allow_enrollment:
-        return error_page(403, "This resource needs a second factor and self-enrollment is off. Ask an "
-                               "administrator to enroll you (`authportal totp generate`).",
-                          heading="Two-factor authentication required")
+        return error_page(403, _("This resource needs a second factor and self-enrollment is off. Ask an "
+                                 "administrator to enroll you (`%(command)s`).", command="authportal totp generate"),
+                          heading=_("Two-factor authentication required"))
     if enrolled and session["level"] < TWO_FACTOR:
         # Replacing a device needs the current one: a stolen password alone cannot swap it.
         return redirect(url_for("login.second_factor", rd=rd or None))
@@ -113,15 +114,17 @@ def tokens() -> Response:
         name = request.form.get("name", "").strip()[:128]
         try:
             expires = parse_duration(request.form.get("expires") or "90d")
-        except ValueError as exc:
-            expires, error = None, str(exc)
+        except ValueError:  # parse_duration's reason is worded for the config file: the page says its own
+            expires, error = None, _("The expiry must be a duration such as 90d or 12h, or 0 for never.")
         if not name:
-            error = "Give the token a name (what will use it)."
+            error = _("Give the token a name (what will use it).")
+        elif not name.isprintable():
+            error = _("The token name must be 1 to 128 printable characters.")
         if error is None:
             try:
                 methods = READ_ONLY if request.form.get("read_only") else ()
                 created, info = portal.tokens.create(session["user"], name, expires or None, [], methods)
-            except ValueError as exc:
+            except ValueError as exc:  # checked above; anything else is said as the token store words it
                 error = str(exc).capitalize() + "."
             else:
                 audit("token_create", user=session["user"], token_name=name, token_id=info.id,
@@ -137,7 +140,7 @@ def revoke_token(token_id: int) -> Response:
     check_csrf()
     portal = current_portal()
     if not portal.tokens.revoke(token_id, session["user"]):
-        abort(404, description="No such token.")
+        abort(404, description=_("No such token."))
     portal.token_credentials.clear()
     audit("token_revoke", user=session["user"], token_id=token_id, ip=portal.proxies.client_ip(request.environ))
     return redirect(url_for("account.tokens"))

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, abort, make_response, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from ..audit import audit, recent_events
@@ -42,12 +43,12 @@ def _administrator() -> dict[str, Any]:
     if not administration.admits(session["user"], session.get("groups") or []):
         audit("access_denied", user=session["user"], ip=portal.proxies.client_ip(request.environ), resource="/admin",
               reason="not in administration.subject")
-        abort(403, description="This page is for administrators.")
+        abort(403, description=_("This page is for administrators."))
     if session["level"] < TWO_FACTOR:
         if has_second_factor(session):
             abort(redirect(url_for("login.second_factor", rd=request.url)))
-        abort(403, description="The administration page needs two factors: add an authenticator app or a security "
-                               "key on your account page, then sign in with it.")
+        abort(403, description=_("The administration page needs two factors: add an authenticator app or a security "
+                                 "key on your account page, then sign in with it."))
     return session
 
 
@@ -104,13 +105,13 @@ def end_sessions() -> Response:
     check_csrf()
     handle, user = request.form.get("handle"), request.form.get("user")
     if not handle and not user:
-        abort(400, description="Say which session or whose sessions to end.")
+        abort(400, description=_("Say which session or whose sessions to end."))
     try:
         ended = current_portal().sessions.end_sessions(user or None, {handle} if handle else None)
     except SessionStoreUnavailable:
         return error_page(503, UNAVAILABLE)
     if handle and not ended:
-        abort(404, description="That session has already ended.")
+        abort(404, description=_("That session has already ended."))
     audit_ended(ended, session["user"], "admin", _client_ip())
     return _done("sessions_ended")
 
@@ -124,7 +125,7 @@ def lift_ban() -> Response:
     except RegulationUnavailable:
         return error_page(503, UNAVAILABLE)
     if lifted is None:
-        abort(404, description="That ban is no longer in force.")
+        abort(404, description=_("That ban is no longer in force."))
     audit("ban_lift", actor=session["user"], kind=lifted.kind, user=lifted.user, banned_ip=lifted.ip,
           ip=_client_ip(), via="admin")
     return _done("ban_lifted")
@@ -137,7 +138,7 @@ def revoke_token(token_id: int) -> Response:
     portal = current_portal()
     owner = next((t.username for t in portal.tokens.list() if t.id == token_id), None)
     if owner is None or not portal.tokens.revoke(token_id):
-        abort(404, description="No such token.")
+        abort(404, description=_("No such token."))
     # This worker forgets it now; the others within session.cache_ttl (their token cache's lifetime).
     portal.token_credentials.clear()
     audit("token_revoke", actor=session["user"], user=owner, token_id=token_id, ip=_client_ip(), via="admin")

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from flask import abort, make_response, redirect, render_template, request, url_for
+from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
 from ..authorization import Decision
@@ -19,13 +20,15 @@ from ..sessions import Origin, SessionStoreUnavailable
 from .errors import error_page
 from .shared import busy, current_cookie, current_portal, current_session, session_id, set_session_cookie
 
-BAD_CREDENTIALS = "Incorrect username or password."
-BAD_CODE = "That code was already used or is wrong. Wait for the next code in your app and enter it."
-UNAVAILABLE = "The login service is unavailable right now. Please try again in a moment."
+# Lazy: translated into the language of the request that shows them (str() or a template renders them).
+BAD_CREDENTIALS = _l("Incorrect username or password.")
+BAD_CODE = _l("That code was already used or is wrong. Wait for the next code in your app and enter it.")
+UNAVAILABLE = _l("The login service is unavailable right now. Please try again in a moment.")
 _METHOD = re.compile(r"[A-Z]{1,16}")
-#: What a page behind the password check adds, as its reason says ("Add an authenticator app: …").
+#: What a page behind the password check adds, as its reason says ("Add an authenticator app: …"). Not shown as
+#: such (not translated): totp_setup_reason.html picks its whole translated sentence by this value.
 ADDING = {"account.totp_setup": "an authenticator app", "keys.setup": "a security key"}
-BUSY = "Many people are signing in right now. Please try again in a second."
+BUSY = _l("Many people are signing in right now. Please try again in a second.")
 
 
 

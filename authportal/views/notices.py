@@ -11,21 +11,23 @@ without JavaScript.
 from __future__ import annotations
 
 from flask import Flask, g, request
+from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
 from .shared import current_portal
 
+#: Translated when shown, into the language of the page that shows them.
 MESSAGES = {
-    "signed_out": "You have been signed out.",
-    "signed_out_one_domain": ("You have been signed out here. Your sessions on the portal's other domains remain: "
-                              "sign out there too."),
-    "password_changed": "Your password was changed. Your other sessions have ended.",
-    "password_reset": "Your password was changed. Sign in with the new one.",
-    "session_ended": "That session was signed out.",
-    "other_sessions_ended": "You were signed out everywhere else.",
-    "sessions_ended": "The sessions were ended.",
-    "ban_lifted": "The ban was lifted.",
-    "token_revoked": "The token was revoked.",
+    "signed_out": _l("You have been signed out."),
+    "signed_out_one_domain": _l("You have been signed out here. Your sessions on the portal's other domains remain: "
+                                "sign out there too."),
+    "password_changed": _l("Your password was changed. Your other sessions have ended."),
+    "password_reset": _l("Your password was changed. Sign in with the new one."),
+    "session_ended": _l("That session was signed out."),
+    "other_sessions_ended": _l("You were signed out everywhere else."),
+    "sessions_ended": _l("The sessions were ended."),
+    "ban_lifted": _l("The ban was lifted."),
+    "token_revoked": _l("The token was revoked."),
 }
 LIFETIME = 120  # seconds
 
@@ -48,7 +50,8 @@ def take() -> str | None:
     if key is None:
         return None
     g.notice_taken = True
-    return MESSAGES.get(key)
+    message = MESSAGES.get(key)
+    return None if message is None else str(message)
 
 
 def _clear_taken(response: Response) -> Response:

@@ -7,12 +7,15 @@ answer nor its time says whether the account exists.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, abort, current_app, make_response, redirect, render_template, request, url_for
+from flask_babel import force_locale, get_locale
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from ..audit import audit
@@ -27,20 +30,26 @@ from ..sessions import SessionStoreUnavailable
 from ..storage import StorageUnavailable
 from . import notices
 from .flow import BUSY, UNAVAILABLE, form_rd, next_step, require_session, start_session, target_url
-from .shared import check_csrf, current_portal, set_session_cookie
+from .shared import check_csrf, current_portal, duration, set_session_cookie
 
 bp = Blueprint("passwords", __name__)
 
 #: How long the expired-password form keeps the old password (sealed, in a cookie of its own).
 EXPIRED_FORM_SECONDS = 300
-LINK_SENT = ("If the account exists and has an e-mail address, a message with a link is on its way to it. "
-             "The link works for {minutes} minutes.")
 
 
 def _enabled(feature: str) -> None:
     config = current_portal().config
     if not getattr(config, feature).enable:
-        abort(404, description="This is turned off on this portal.")
+        abort(404, description=_("This is turned off on this portal."))
+
+
+def _link_sent(portal: Portal) -> Response:
+    """The same answer whether the account exists or not."""
+    lifetime = portal.config.identity_validation.reset_password.expiration
+    return _page("link_sent.html", message=_(
+        "If the account exists and has an e-mail address, a message with a link is on its way to it. "
+        "The link works for %(duration)s.", duration=duration(lifetime)))
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
@@ -50,6 +59,12 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
 
 def _client_ip() -> str:
     return current_portal().proxies.client_ip(request.environ)
+
+
+def _language() -> str | None:
+    """This request's language, for an e-mail the outbox writes later (outside this request)."""
+    locale = get_locale()
+    return None if locale is None else str(locale)
 
 
 def _new_password_problems(username: str, old: str | None = None) -> list[str]:
@@ -86,7 +101,7 @@ def change() -> Response:
     if attempt.result == "backend_error":
         return _page("password_change.html", 503, session=session, errors=[UNAVAILABLE])
     if not attempt.ok and attempt.result != "change_required":
-        return _page("password_change.html", 401, session=session, errors=["The current password is wrong."])
+        return _page("password_change.html", 401, session=session, errors=[_("The current password is wrong.")])
     problems = _new_password_problems(user, current)
     new = request.form.get("new_password", "")
     refused = problems or [r for r in [_write(lambda: portal.provider.change_password(user, current, new))] if r]
@@ -180,8 +195,10 @@ def _link_url(portal: Portal, endpoint: str, token: str) -> str:
     return f"{portal.config.portal_url.rstrip('/')}{url_for(endpoint, token='')}{quote(token)}"
 
 
-def _send_link(app: Flask, portal: Portal, purpose: str, details: UserDetails, client_ip: str) -> None:
-    """In the outbox: a new link for `details`, e-mailed to them (rate-limited per user and address)."""
+def _send_link(app: Flask, portal: Portal, purpose: str, details: UserDetails, client_ip: str,
+               language: str | None = None) -> None:
+    """In the outbox: a new link for `details`, e-mailed to them (rate-limited per user and address), in
+    `language` (the one the request for it was made in; else the portal's default)."""
     if portal.notifier is None or not details.email:
         return
     if not portal.regulator.allow_reset_request(details.username, client_ip):
@@ -190,9 +207,10 @@ def _send_link(app: Flask, portal: Portal, purpose: str, details: UserDetails, c
     lifetime = portal.config.identity_validation.reset_password.expiration
     token, link = portal.links.issue(purpose, details.username, details.credential_stamp, lifetime)
     endpoint = "passwords.reset_confirm" if purpose == RESET_PASSWORD else "passwords.second_factor_reset_confirm"
-    with app.test_request_context(base_url=portal.config.portal_url):
+    in_language = force_locale(language) if language else contextlib.nullcontext()
+    with app.test_request_context(base_url=portal.config.portal_url), in_language:
         context = {"name": details.display_name or details.username, "url": _link_url(portal, endpoint, token),
-                   "minutes": round(lifetime / 60), "ip": client_ip, "purpose": purpose}
+                   "lifetime": lifetime, "ip": client_ip, "purpose": purpose}
         message = Message(details.email, render_template("email/link_subject.txt", **context).strip(),
                           render_template("email/link.txt", **context), render_template("email/link.html", **context))
     portal.notifier.send(message)
@@ -215,20 +233,19 @@ def _find_user(portal: Portal, identifier: str) -> UserDetails | None:
 def reset_request() -> Response:
     _enabled("password_reset")
     portal = current_portal()
-    minutes = round(portal.config.identity_validation.reset_password.expiration / 60)
     if request.method == "GET":
         return _page("reset_request.html")
     check_csrf()
-    identifier, client_ip = request.form.get("identifier", ""), _client_ip()
+    identifier, client_ip, language = request.form.get("identifier", ""), _client_ip(), _language()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
 
     def job() -> None:
         details = _find_user(portal, identifier)
         if details is not None:
-            _send_link(app, portal, RESET_PASSWORD, details, client_ip)
+            _send_link(app, portal, RESET_PASSWORD, details, client_ip, language)
 
     portal.outbox.post(job)
-    return _page("link_sent.html", message=LINK_SENT.format(minutes=minutes))
+    return _link_sent(portal)
 
 
 def _usable_link(purpose: str, token: str) -> Link | None:
@@ -273,23 +290,22 @@ def reset_confirm(token: str) -> Response:
 def second_factor_reset_request() -> Response:
     portal = current_portal()
     if not portal.config.identity_validation.reset_second_factor:
-        abort(404, description="This is turned off on this portal.")
+        abort(404, description=_("This is turned off on this portal."))
     session = require_session()
     check_csrf()
     details = portal.provider.get_details(session["user"])
     if details is not None:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-        client_ip = _client_ip()
-        portal.outbox.post(lambda: _send_link(app, portal, RESET_SECOND_FACTOR, details, client_ip))
-    minutes = round(portal.config.identity_validation.reset_password.expiration / 60)
-    return _page("link_sent.html", message=LINK_SENT.format(minutes=minutes))
+        client_ip, language = _client_ip(), _language()
+        portal.outbox.post(lambda: _send_link(app, portal, RESET_SECOND_FACTOR, details, client_ip, language))
+    return _link_sent(portal)
 
 
 @bp.route("/2fa/lost/<token>", methods=["GET", "POST"])
 def second_factor_reset_confirm(token: str) -> Response:
     portal = current_portal()
     if not portal.config.identity_validation.reset_second_factor:
-        abort(404, description="This is turned off on this portal.")
+        abort(404, description=_("This is turned off on this portal."))
     session = require_session()  # the password first: the link alone removes nothing
     link = _usable_link(RESET_SECOND_FACTOR, token)
     if link is None or link.username != session["user"]:

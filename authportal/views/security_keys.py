@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 from flask import Blueprint, abort, make_response, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
 from ..audit import audit
@@ -40,7 +42,8 @@ from .shared import check_csrf, current_portal, current_session, session_id, set
 
 bp = Blueprint("keys", __name__)
 
-NOT_ACCEPTED = "The key was not accepted. Try again, or use another factor."
+#: The JSON answers' `error` is shown by static/webauthn.js as it is: every one is translated.
+NOT_ACCEPTED = _l("The key was not accepted. Try again, or use another factor.")
 
 
 def _ceremony_cookie() -> str:
@@ -59,7 +62,7 @@ def _started(ceremony: Ceremony) -> Response:
 
 
 def _answer(status: int, error: str | None = None, go_to: str | None = None) -> Response:
-    response = make_response({"error": error} if error else {"redirect": go_to}, status)
+    response = make_response({"error": str(error)} if error else {"redirect": go_to}, status)
     response.delete_cookie(_ceremony_cookie(), path="/", secure=current_portal().config.session.cookie_secure,
                            httponly=True, samesite="Strict")
     return response
@@ -83,20 +86,21 @@ def _credential() -> dict[str, Any]:
         credential = None
     # The shape the checks below read without looking again: an object whose `response` is an object.
     if not isinstance(credential, dict) or not isinstance(credential.get("response"), dict):
-        abort(400, description="The browser's answer could not be read. Try again.")
+        abort(400, description=_("The browser's answer could not be read. Try again."))
     return credential
 
 
 def _require_keys() -> None:
     reason = current_portal().config.webauthn_unavailable
     if reason:
-        abort(404, description=f"Security keys are not available here: {reason}.")
+        # the reason is the configuration's (for whoever runs the portal): it stays English
+        abort(404, description=_("Security keys are not available here: %(reason)s.", reason=reason))
 
 
 def _json_session() -> dict[str, Any]:
     session = current_session()
     if session is None:
-        abort(401, description="Not signed in (the session ended). Reload the page.")
+        abort(401, description=_("Not signed in (the session ended). Reload the page."))
     return session
 
 
@@ -148,7 +152,7 @@ def _adding_key() -> tuple[dict[str, Any], str]:
     session = _json_session()
     sid = session_id()
     if sid is None or _setup_blocked(session) is not None:
-        abort(403, description="Confirm your password (and second factor) first: reload the page.")
+        abort(403, description=_("Confirm your password (and second factor) first: reload the page."))
     return session, sid
 
 
@@ -186,7 +190,7 @@ def remove(key_id: int) -> Response:
         return redirect(url_for("login.second_factor", rd=url_for("login.index"), fresh=1))
     key = portal.keys.find(session["user"], str(key_id))
     if key is None or key.id != key_id:
-        abort(404, description="No such key.")
+        abort(404, description=_("No such key."))
     portal.keys.remove(key)
     audit("webauthn_remove", user=session["user"], ip=portal.proxies.client_ip(request.environ),
           key_name=key.name, key_id=key.id, via="account page")
@@ -201,7 +205,7 @@ def authentication_options() -> Response:
     check_csrf()
     session = _json_session()
     if not usable_keys(session):
-        abort(400, description="You have no security key to use here.")
+        abort(400, description=_("You have no security key to use here."))
     return _started(current_portal().keys.start_authentication(session["user"], session_id(),
                                                                exclude=session.get("first_factor_key")))
 
@@ -234,7 +238,7 @@ def passkey_options() -> Response:
     _require_keys()
     check_csrf()
     if not current_portal().config.webauthn.passkey_login:
-        abort(404, description="Passkey sign-in is off (webauthn.passkey_login).")
+        abort(404, description=_("Passkey sign-in is off (%(setting)s).", setting="webauthn.passkey_login"))
     return _started(current_portal().keys.start_authentication(None, None))
 
 
@@ -244,7 +248,7 @@ def passkey() -> Response:
     check_csrf()
     portal = current_portal()
     if not portal.config.webauthn.passkey_login:
-        abort(404, description="Passkey sign-in is off (webauthn.passkey_login).")
+        abort(404, description=_("Passkey sign-in is off (%(setting)s).", setting="webauthn.passkey_login"))
     client_ip = portal.proxies.client_ip(request.environ)
     credential = _credential()
     ceremony = request.cookies.get(_ceremony_cookie(), "")
@@ -259,7 +263,7 @@ def passkey() -> Response:
         use = portal.keys.authenticate(ceremony, None, credential)
         details = portal.provider.get_details(use.key.username)
         if details is None:  # removed from the users file or the directory, or disabled
-            raise KeyRefused("unknown_user", "This account cannot sign in.")
+            raise KeyRefused("unknown_user", _("This account cannot sign in."))
         return use, details
 
     try:

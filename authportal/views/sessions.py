@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from flask import Blueprint, abort, redirect, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from ..sessions import SessionStoreUnavailable, audit_ended
@@ -24,7 +25,7 @@ def _end_own(handles: Collection[str] | None, notice: str) -> Response:
     except SessionStoreUnavailable:
         return error_page(503, UNAVAILABLE)
     if handles is not None and not ended:
-        abort(404, description="That session has already ended.")
+        abort(404, description=_("That session has already ended."))
     audit_ended(ended, session["user"], "account", current_portal().proxies.client_ip(request.environ))
     response = redirect(url_for("login.index") + "#sessions")
     notices.leave(response, notice)

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import abort, current_app, g, request, url_for
 from flask_babel import format_datetime, format_timedelta
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from ..config import CookieDomain
@@ -57,8 +58,9 @@ def check_csrf() -> None:
     # bytes: compare_digest raises on non-ASCII text, and a form field may hold anything
     if len(seed) != 43 or not hmac.compare_digest(sent.encode(), _csrf_for(seed).encode()):
         over_http = None if seed else _secure_cookie_lost_over_http()
-        abort(400, description=f"This form cannot work here: {over_http}." if over_http else
-              "The form expired or was not sent by this site. Reload the page and try again.")
+        # the reason over http is for whoever set the portal up (a trial): it stays English
+        abort(400, description=_("This form cannot work here: %(reason)s.", reason=over_http) if over_http else
+              _("The form expired or was not sent by this site. Reload the page and try again."))
 
 
 def _secure_cookie_lost_over_http() -> str | None:
