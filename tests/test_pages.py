@@ -346,6 +346,45 @@ def test_a_reused_code_says_to_wait_for_the_next_one(browser, own_portal, upstre
             "That code was already used or is wrong. Wait for the next code in your app and enter it.")
 
 
+# ---- keyboard only
+
+_FOCUSED = """() => { const e = document.activeElement, s = getComputedStyle(e);
+  return {id: e.id || e.getAttribute('name') || e.tagName.toLowerCase(), text: (e.innerText || '').trim(),
+          outline: s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2}; }"""
+
+
+def tab_order(page, stops: int) -> list[str]:
+    """The focused control, then the ones the Tab key visits from it; each must show its focus ring."""
+    visited = []
+    for stop in range(stops):
+        if stop:
+            page.keyboard.press("Tab")
+        focused = page.evaluate(_FOCUSED)
+        assert focused["outline"], f"no visible focus on {focused}"
+        visited.append(focused["id"] if focused["id"] not in ("button", "a") else focused["text"])
+    return visited
+
+
+def test_signing_in_with_two_factors_by_keyboard_alone(browser, portal):
+    """Tab order follows the form, every stop shows its focus ring, Enter submits, and the next field has the
+    focus without a click."""
+    with browser_page(browser) as page:
+        page.goto(portal.url("/"))
+        assert tab_order(page, 6) == ["username", "password", "remember", "Sign in", "language-picker", "Change"]
+        page.focus("#username")
+        page.keyboard.type("carol")
+        page.keyboard.press("Tab")
+        page.keyboard.type(USERS["carol"]["password"])
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        assert page.locator("h1").inner_text() == "Two-factor code"
+        assert page.evaluate(_FOCUSED)["id"] == "code"
+        page.keyboard.type(pyotp.TOTP(portal.carol_secret).now())
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        assert page.locator("h1").inner_text() == "Your account"
+
+
 # ---- error pages, in words
 
 STOCK_NAMES = re.compile(r"Bad Request|Forbidden|Not Found|Method Not Allowed|Too Many Requests|"
