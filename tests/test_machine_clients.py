@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import free_port, require_binary, wait_until
 from tests.servers.process import REPO, render
-from tests.servers.prometheus import Alertmanager, Prometheus
+from tests.servers.prometheus import Alertmanager, ScrapingPrometheus
 from tests.support.portal import USERS, login
 from tests.support.stacks import NginxStack, nginx_stack
 
@@ -108,24 +108,6 @@ def reached(upstream, path: str) -> list:
 
 
 # -- Prometheus scraping the protected Alertmanager -----------------------------------------------------------------
-
-class ScrapingPrometheus(Prometheus):
-    """Prometheus whose whole config is the given text (here: the example, placeholders filled)."""
-
-    def __init__(self, config_text: str) -> None:
-        super().__init__("http://prometheus.example.test/", route_prefix="/")
-        self.config_text = config_text
-
-    def config(self) -> str:
-        return self.config_text
-
-    def target(self, job: str) -> dict | None:
-        answer = requests.get(self.url("/api/v1/targets"), params={"state": "active"}, timeout=5).json()
-        return next((t for t in answer["data"]["activeTargets"] if t["labels"]["job"] == job), None)
-
-    def query(self, expr: str) -> list:
-        return requests.get(self.url("/api/v1/query"), params={"query": expr}, timeout=5).json()["data"]["result"]
-
 
 def scrape_config(stack: NginxStack, token_file: Path) -> str:
     text = render((EXAMPLES / "prometheus-scrape-alertmanager.yml").read_text(), {

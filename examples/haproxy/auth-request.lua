@@ -91,6 +91,24 @@ local function values_of(headers, name)
     return found
 end
 
+-- A client certificate (`bind ... ssl ... ca-file ... verify optional`), passed as the portal's
+-- authentication.client_certificates reads it: X-SSL-Client-Cert in base64 DER and X-SSL-Client-Verify
+-- SUCCESS or FAILED:reason. Read from the TLS connection itself, never from a header the client sent
+-- (the table of headers is built from scratch); a connection without a certificate passes neither.
+local function client_certificate(txn, headers)
+    local used = txn.f:ssl_c_used()
+    if used ~= true and used ~= 1 then
+        return
+    end
+    local der = txn.f:ssl_c_der()
+    if der == nil or der == "" then
+        error("a client certificate was used but cannot be read")  -- fail closed: deny
+    end
+    local verify = txn.f:ssl_c_verify()
+    headers["x-ssl-client-cert"] = { txn.c:base64(der) }
+    headers["x-ssl-client-verify"] = { verify == 0 and "SUCCESS" or ("FAILED:X509 verify error " .. tostring(verify)) }
+end
+
 local function request_headers(txn)
     local incoming = txn.http:req_get_headers()
     local sf = txn.sf
@@ -108,6 +126,7 @@ local function request_headers(txn)
         -- headers are never passed on (this table is built from scratch).
         ["x-forwarded-for"] = { sf:src() },
     }
+    client_certificate(txn, headers)
     for _, name in ipairs(COPIED_HEADERS) do
         local values = values_of(incoming, name)
         if #values > 0 then

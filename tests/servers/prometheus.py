@@ -10,6 +10,8 @@ from __future__ import annotations
 import urllib.request
 from urllib.parse import urlsplit
 
+import requests
+
 from . import free_port
 from .process import ServerProcess
 
@@ -93,3 +95,22 @@ class Alertmanager(_PrometheusFamily):
 
     def command(self) -> list[str]:
         return [self.binary, *self.web_flags(), f"--storage.path={self.dir / 'data'}", "--cluster.listen-address="]
+
+
+class ScrapingPrometheus(Prometheus):
+    """Prometheus whose whole config is the given text (an example's, placeholders filled), and its API."""
+
+    def __init__(self, config_text: str) -> None:
+        super().__init__("http://prometheus.example.test/", route_prefix="/")
+        self.config_text = config_text
+
+    def config(self) -> str:
+        return self.config_text
+
+    def target(self, job: str) -> dict | None:
+        """The active target of `job` as /api/v1/targets shows it (health, lastError), None before discovery."""
+        answer = requests.get(self.url("/api/v1/targets"), params={"state": "active"}, timeout=5).json()
+        return next((t for t in answer["data"]["activeTargets"] if t["labels"]["job"] == job), None)
+
+    def query(self, expr: str) -> list:
+        return requests.get(self.url("/api/v1/query"), params={"query": expr}, timeout=5).json()["data"]["result"]

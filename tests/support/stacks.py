@@ -10,6 +10,8 @@ placeholders filled in, and stops both on exit. Layouts:
 - `https`: the seed layout over TLS (https.conf), with a certificate for *.example.test from a CA made for
   the stack (`ca_file` for `requests`' verify=, `cert_file` for Chromium: tests/servers/browser.py) and
   Secure session cookies; plain http (`http_port`) only redirects
+- `client-certificates`: the https layout asking app.example.test's clients for a certificate from the CA in
+  the backends' CLIENT_CA, and serving it over plain http (`http_port`) too
 
 `HAProxyExample` runs examples/haproxy (haproxy.cfg with its Lua file beside it).
 """
@@ -53,6 +55,8 @@ LAYOUTS = {
     "subdomains": Layout("subdomains.conf", "auth.example.test"),
     "ingress-nginx": Layout("ingress-nginx/equivalent-nginx.conf", "app.example.test", None, rd_is_path=True),
     "https": Layout("https.conf", "auth.example.test", tls=True),
+    # client certificates (mTLS) on app.example.test: the backends add CLIENT_CA, the client CA's file
+    "client-certificates": Layout("client-certificates.conf", "auth.example.test", tls=True),
 }
 #: The names the https layout's certificate carries (subjectAltName).
 TLS_NAMES = ("auth.example.test", "app.example.test", "*.example.test")
