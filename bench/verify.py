@@ -78,6 +78,8 @@ class Server:
     flavour: str  # "raw", or the portal configuration: "C" (SQLite), "CR" (Redis), "C10k", "CU" (no Basic cache)
     workers: int
     threads: int
+    #: another revision of the portal's code to run (--baseline), else this checkout's
+    checkout: Path | None = None
     runner: str = "granian"  # or one of bench/wsgi_servers.py's SERVERS (--servers)
     setup: PortalSetup | None = None
     proc: Proc | None = None
@@ -130,7 +132,7 @@ def main_plan(workers: int, threads: int) -> tuple[list[Server], list[Case]]:
 
 
 ORDER = ["S", "L", "R", "B", "C", "CR", "CB", "C10k", "C100kF", "CU"]
-RATIOS = [("C", "B"), ("CR", "B"), ("CB", "C"), ("C", "R"), ("C10k", "C"), ("C100kF", "C"), ("C", "S"), ("C", "L")]
+RATIOS = [("C", "C0"), ("C", "B"), ("CR", "B"), ("CB", "C"), ("C", "R"), ("C10k", "C"), ("C100kF", "C"), ("C", "S"), ("C", "L")]
 SWEEP_GRID = [(w, t) for w in (1, 2) for t in (2, 4, 8)]
 
 
@@ -236,8 +238,10 @@ def portal_proc(server: Server) -> Proc:
                    "--workers", str(server.workers), "--threads", str(server.threads)]
     else:
         command = other_server(server, "portal", server.setup.port)
-    return Proc(f"portal {server.key}", command, server.setup.port, server.setup.directory / "serve.log", cwd=REPO,
-                ready_path="/api/health/live", env={CONFIG_PATH_ENV: config})
+    # A --baseline checkout comes first on the path (before the venv's editable install of this one).
+    env = {CONFIG_PATH_ENV: config, **({"PYTHONPATH": str(server.checkout)} if server.checkout else {})}
+    return Proc(f"portal {server.key}", command, server.setup.port, server.setup.directory / "serve.log",
+                cwd=server.checkout or REPO, ready_path="/api/health/live", env=env)
 
 
 def raw_proc(server: Server, port: int, workdir: Path) -> Proc:
@@ -815,6 +819,16 @@ def compare_servers(bench: Bench, seconds: float, rounds: int, runners: list[str
     return 0 if all(r["valid"] for r in results.values()) else 1
 
 
+def baseline(root: Path, revision: str) -> Path:
+    """The package as it was at `revision`, unpacked under `root` (git archive: no worktree to clean up)."""
+    target = root / "baseline"
+    target.mkdir()
+    archive = subprocess.run(["git", "archive", revision, "authportal", "templates", "static"], cwd=REPO,
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, help="seconds per case, all rounds together (default 8; sweep 6)")
@@ -840,12 +854,17 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also py-spy the granian worker during R and C (needs py-spy; writes bench/out/)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results.json", help="where to write results")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also case C0: case C on the code of git revision REV, in the same interleaved rounds "
+                             "(ratio C/C0: did a change slow the verify path?)")
     args = parser.parse_args()
     seconds = 4 if args.quick else args.duration or 8
     warmup = 1
     cu_seconds = 5 if args.quick else 6
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(wanted) - set(ORDER)
+    if args.baseline:
+        wanted.append("C0")
+    unknown = set(wanted) - set(ORDER) - {"C0"}
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     for tool in ("nginx", "wrk", "htpasswd", "redis-server"):
@@ -865,8 +884,11 @@ def main() -> int:
             return compare_servers(bench, seconds, args.rounds, args.servers.split(","), args.workers, args.threads,
                                    REPO / "bench" / "servers.json")
         servers, cases = main_plan(args.workers, args.threads)
+        if args.baseline:
+            servers.append(Server("C0", "C", args.workers, args.threads, checkout=baseline(bench.root, args.baseline)))
+            cases.append(Case("C0", f"case C on {args.baseline}'s code", "proxy", {}, "C0", USER))
         bench.start(servers, [c for c in cases if c.name in wanted])
-        names = [n for n in ORDER if n in wanted]
+        names = [n for n in [*ORDER, "C0"] if n in wanted]
         repeated = [n for n in names if not bench.cases[n].once]
         print(f"wrk -t2 -c32, {seconds:g} s per case in {args.rounds} interleaved rounds, {warmup:g} s warm-up before "
               f"each; CU {cu_seconds:g} s once, no warm-up; nproc {os.cpu_count()}", flush=True)
