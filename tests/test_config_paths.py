@@ -61,6 +61,8 @@ PATH_KEYS = {  # key -> the relative path the test config gives it
     "log.audit_file": "logs/audit.log",
     "notifier.smtp.ca_file": "tls/ca.pem",
     "notifier.filesystem.path": "mail/outbox.txt",
+    "authentication.client_certificates.ca_file": "tls/ca.pem",
+    "authentication.client_certificates.crl_file": "tls/ca.crl",
 }
 SECRET_FILE_KEYS = {  # key -> (relative file, the key its content lands in)
     "secret_key_file": ("secrets/key", "secret_key"),
@@ -90,6 +92,7 @@ def test_every_relative_path_is_taken_from_the_config_folder(tmp_path, monkeypat
     ca = CertificateAuthority("test CA")
     ca.write_cert(folder / "tls" / "ca.pem")
     ca.issue(folder / "tls" / "client.pem", folder / "tls" / "client.key", "portal", client=True)
+    ca.write_crl(folder / "tls" / "ca.crl")
 
     document = setup.document()
     del document["secret_key"]
@@ -105,6 +108,7 @@ def test_every_relative_path_is_taken_from_the_config_folder(tmp_path, monkeypat
     document["storage"] = ({"sqlite": {"path": "data/db.sqlite3"}} if storage == "sqlite" else
                            {"postgres": {"url": "postgresql://portal@127.0.0.1/portal", "password_file": "secrets/postgres"}})
     document["log"]["audit_file"] = "logs/audit.log"
+    document["authentication"]["client_certificates"] = {"ca_file": "tls/ca.pem", "crl_file": "tls/ca.crl"}
     document["notifier"] = ({"smtp": {"host": "127.0.0.1", "sender": "p@example.test", "ca_file": "tls/ca.pem",
                                       "username": "portal", "password_file": "secrets/smtp"}}
                             if storage == "sqlite" else {"filesystem": {"path": "mail/outbox.txt"}})
