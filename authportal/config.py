@@ -159,6 +159,10 @@ def _nested_models(annotation: Any) -> list[type[BaseModel]]:
 def _read_secret_files(raw: Any, model: type[BaseModel], path: str, problems: list[str], failed: set[str],
                        folder: Path) -> None:
     """Replace `X_file: PATH` by `X: <content>` in `raw`, in place; problems name their key path."""
+    if isinstance(raw, list):  # a list of sections (authentication.oidc.providers): each by its index
+        for index, item in enumerate(raw):
+            _read_secret_files(item, model, f"{path[:-1]}[{index}].", problems, failed, folder)
+        return
     if not isinstance(raw, dict):
         return
     for name in getattr(model, "_secret_fields", ()):

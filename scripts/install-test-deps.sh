@@ -35,3 +35,13 @@ if [ ! -s "$axe_dir/axe.min.js" ]; then
   mkdir -p "$axe_dir"
   mv "$work/package/axe.min.js" "$work/package/LICENSE" "$axe_dir/"
 fi
+
+# oidc-provider (panva's certified OpenID Provider), the real provider of tests/test_oidc*.py
+# (tests/servers/oidc_provider.py): pinned, installed once with its dependencies under test-artifacts/cache/,
+# where the tests copy their ESM script beside node_modules. Node.js 20+ (it needs node:crypto's newer APIs).
+OIDC_PROVIDER_VERSION=9.13.3
+oidc_dir="$(cd "$(dirname "$0")/.." && pwd)/test-artifacts/cache/oidc-provider-$OIDC_PROVIDER_VERSION"
+if [ ! -d "$oidc_dir/node_modules/oidc-provider" ]; then
+  mkdir -p "$oidc_dir"
+  (cd "$oidc_dir" && npm install --silent --no-audit --no-fund --no-save --prefix . "oidc-provider@$OIDC_PROVIDER_VERSION" >/dev/null)
+fi

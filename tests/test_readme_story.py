@@ -492,4 +492,5 @@ def test_every_block_of_the_readme_is_run_by_a_test():
         (QUICK_START, "sh"),                                               # test_quick_start_…
         (WITH_NGINX, "nginx"), (WITH_NGINX, "sh"), (WITH_NGINX, "yaml"),   # the story, both variants
         (WITH_NGINX, "sh"), (WITH_NGINX, "yaml"),                          # start; the plain-http trial keys
+        ("Sign in with an identity provider", "yaml"),                     # tests/test_oidc.py
     ]

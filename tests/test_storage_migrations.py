@@ -320,7 +320,7 @@ def write_config(path: Path, storage_config: StorageConfig) -> str:
 
 #: Tables revisions after 0001 added (the released code never had them).
 LATER_TABLES = ("webauthn_credentials", "webauthn_users", "webauthn_ceremonies", "identity_links", "bans",
-                "regulation_events")
+                "regulation_events", "oidc_flows")
 #: Every revision, oldest first.
 REVISIONS = sorted(path.name[:4] for path in (REPO / "authportal" / "migrations" / "versions").glob("0*.py"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Flask
 
 from .. import branding, i18n
-from . import account, admin, errors, login, notices, ops, passwords, security_keys, sessions
+from . import account, admin, errors, login, notices, oidc, ops, passwords, security_keys, sessions
 from .shared import csrf_token, duration, page_script, security_headers, timestamp
 
 
@@ -19,6 +19,7 @@ def register_views(app: Flask) -> None:
     app.register_blueprint(passwords.bp)
     app.register_blueprint(sessions.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(oidc.bp)
     errors.register(app)
     notices.init_app(app)
     app.after_request(security_headers)

@@ -35,8 +35,12 @@ BUSY = _l("Many people are signing in right now. Please try again in a second.")
 def target_url() -> str | None:
     """The validated `rd` of this request (query or form), or None: only under the domain of the cookie that
     this portal URL sets (with several cookie domains, a sign-in on one never sends the browser to another)."""
+    return safe_target(request.values.get("rd"))
+
+
+def safe_target(rd: str | None) -> str | None:
+    """`rd` when this portal may send the browser there (see `target_url`), else None."""
     cookie = current_cookie()
-    rd = request.values.get("rd")
     return safe_redirect(rd, cookie_domain=cookie.domain, portal_url=cookie.portal_url,
                          allow_http=not current_portal().config.session.cookie_secure)
 

@@ -5,6 +5,7 @@ The provider's users are not in the portal's users file: their names and groups 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -75,3 +76,13 @@ def sign_in_through_provider(client: Client, user: str, provider: str = "corp",
                              rd: str | None = None) -> TestResponse:
     """The whole round trip; returns the portal's answer to the callback."""
     return client.get(callback_path(client, user, provider, rd), base_url=PORTAL)
+
+
+def readme_block(section: str) -> str:
+    """The one yaml block of README.md's section `section`, as a user copies it."""
+    from tests.servers.process import REPO
+
+    text = (REPO / "README.md").read_text()
+    found = re.search(rf"^## {re.escape(section)}\n.*?^```yaml\n(.*?)^```$", text, re.M | re.S)
+    assert found, f"README.md has no yaml block under '## {section}'"
+    return found.group(1)
