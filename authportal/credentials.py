@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from flask_babel import gettext as _
+
 from .audit import audit
 from .authentication import BackendUnavailable, PasswordChangeRequired, UserDetails, UserProvider
 from .regulation import RegulationUnavailable, Regulator
@@ -162,7 +164,7 @@ class CredentialChecks:
         def checked() -> T:
             found = check()
             if self.regulator.is_banned(username_of(found), client_ip):
-                raise Refused("banned", "This sign-in was refused. Try again later.")
+                raise Refused("banned", _("This sign-in was refused. Try again later."))
             return found
 
         return self._regulated(self.identity_provider, None, client_ip, checked)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from flask_babel import gettext as _
+
 from .authentication import BackendUnavailable, UserDetails, UserProvider
 from .authentication.oidc import OidcClient, SignInRefused, Tokens
 from .authentication.oidc_flows import SignInFlows
@@ -82,24 +84,28 @@ class IdentityProviders:
         """Who the claims name, refused when the provider's rules here do not admit them."""
         username = claims.get(config.username_claim)
         if not isinstance(username, str) or not username.strip() or len(username) > 256:
-            raise SignInRefused("no_username", f"{config.label} did not say who you are ({config.username_claim}).")
+            raise SignInRefused("no_username", _("%(name)s did not say who you are (%(claim)s).", name=config.label,
+                                                 claim=config.username_claim))
         email = _text(claims.get("email"))
         if config.allowed_domains:
             domain = email.rpartition("@")[2].lower()
             if claims.get("email_verified") is False or domain not in config.allowed_domains:
-                raise SignInRefused("domain_not_allowed", f"Your {config.label} account ({email or username}) may "
-                                                          "not sign in here: its e-mail domain is not allowed.")
+                raise SignInRefused("domain_not_allowed", _(
+                    "Your %(name)s account (%(account)s) may not sign in here: its e-mail domain is not allowed.",
+                    name=config.label, account=email or username))
         if config.groups_from == "ldap":
             found = self.directory.get_details(username)
             if found is None:
-                raise SignInRefused("unknown_user", f"{username} is not in the directory: ask an administrator.")
+                raise SignInRefused("unknown_user", _("%(user)s is not in the directory: ask an administrator.",
+                                                      user=username))
             details = found
         else:
             details = UserDetails(username=username, display_name=_text(claims.get("name")), email=email,
                                   groups=_groups(claims.get(config.groups_claim)))
         if config.allowed_groups and not set(details.groups) & set(config.allowed_groups):
-            raise SignInRefused("group_not_allowed", f"Your {config.label} account ({username}) is not in a group "
-                                                     "that may sign in here.")
+            raise SignInRefused("group_not_allowed", _(
+                "Your %(name)s account (%(account)s) is not in a group that may sign in here.",
+                name=config.label, account=username))
         return details
 
     def _sealed(self, oidc: dict[str, Any], username: str, tokens: Tokens) -> dict[str, Any]:

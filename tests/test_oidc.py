@@ -299,3 +299,50 @@ def test_the_readme_block_signs_in_the_allowed_groups_only(app_with, provider, t
     assert sign_in_through_provider(browser, "otto").status_code == 403
     assert sign_in_through_provider(browser, "oscar", rd=PROM).status_code == 302
     assert verify(browser).status_code == 200
+
+
+def test_failed_callbacks_count_towards_the_address_ban(app_with, provider):
+    """The callback is a credential check: forged callbacks ban the address, and then even a real sign-in is
+    refused."""
+    browser = ProxiedClient(app_with(regulation={"ip_max_retries": 2}, **oidc_settings(corp(provider))))
+    for forged in ("forged-1", "forged-2"):
+        assert browser.get(f"/oidc/callback/corp?code=x&state={forged}", base_url=PORTAL).status_code == 400
+    refused = sign_in_through_provider(browser, "olivia")
+    assert refused.status_code == 400
+    assert verify(browser).status_code == 401
+
+
+class Directory:
+    """A directory that knows oscar with its own groups (groups_from: ldap)."""
+
+    def get_details(self, username):
+        from authportal.authentication import UserDetails
+
+        return UserDetails("oscar", "Oscar", "oscar@example.test", ("ldap-ops",)) if username == "oscar" else None
+
+
+@pytest.mark.parametrize(("claims", "level"), [
+    ({"amr": ["pwd", "otp"]}, 2), ({"acr": "mfa"}, 2), ({"amr": ["pwd"], "acr": "1"}, 1), ({}, 1)])
+def test_two_factor_claims_raise_the_session_to_two_factors(portal, provider, claims, level):
+    from authportal.authentication.oidc import OidcClient, Tokens
+
+    providers = portal.portal.identity_providers
+    client = OidcClient(providers.get("corp").config.model_copy(update={"two_factor_claims": ["otp", "mfa"]}))
+    tokens = Tokens("id-token", {"sub": "s1", "preferred_username": "oscar", "groups": ["monitoring"], **claims},
+                    None, None)
+    assert providers.accept(client, tokens).level == level
+
+
+def test_groups_from_ldap_takes_the_directory_groups_and_refuses_strangers(portal):
+    from authportal.authentication.oidc import SignInRefused
+
+    providers = portal.portal.identity_providers
+    directory, providers.directory = providers.directory, Directory()
+    try:
+        settings = providers.get("corp").config.model_copy(update={"groups_from": "ldap"})
+        found = providers.details(settings, {"sub": "s1", "preferred_username": "oscar", "groups": ["admins"]})
+        assert found.groups == ("ldap-ops",)
+        with pytest.raises(SignInRefused, match="not in the directory"):
+            providers.details(settings, {"sub": "s2", "preferred_username": "olivia"})
+    finally:
+        providers.directory = directory

@@ -8,8 +8,10 @@ portal's users file.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from playwright.sync_api import Page
 
 from tests.servers import free_port
 from tests.servers.browser import ARTIFACTS
@@ -60,22 +62,26 @@ def test_olivia_signs_in_through_the_provider_and_nginx_passes_her_groups(browse
         context.close()
 
 
-def test_otto_without_the_group_is_forbidden_by_nginx(browser, stack):
+@contextmanager
+def signed_in(browser, stack: NginxStack, user: str) -> Iterator[tuple[Page, str]]:
+    """A new browser context that opened Prometheus and signed in at the provider as `user`: (page, url)."""
     context, page, url = open_protected(browser, stack, PROMETHEUS)
     try:
-        sign_in_at_the_provider(page, "otto")
+        sign_in_at_the_provider(page, user)
         page.wait_for_url(url)
-        again = page.reload()
-        assert again is not None and again.status == 403
+        yield page, url
     finally:
         context.close()
 
 
+def test_otto_without_the_group_is_forbidden_by_nginx(browser, stack):
+    with signed_in(browser, stack, "otto") as (page, _url):
+        again = page.reload()
+        assert again is not None and again.status == 403
+
+
 def test_signing_out_ends_the_portal_and_the_provider_session(browser, stack):
-    context, page, url = open_protected(browser, stack, PROMETHEUS)
-    try:
-        sign_in_at_the_provider(page, "oscar")
-        page.wait_for_url(url)
+    with signed_in(browser, stack, "oscar") as (page, url):
         page.goto(f"{stack.portal_base}/logout")
         page.click("button[type=submit]")
         page.click("button[value=yes]")  # the provider: "Yes, sign me out"
@@ -84,5 +90,3 @@ def test_signing_out_ends_the_portal_and_the_provider_session(browser, stack):
         assert_on_login_page(page, stack, url)  # the portal's session is gone
         page.click("#oidc-corp")
         page.wait_for_selector("input[name=login]")  # and the provider's: it asks who you are again
-    finally:
-        context.close()

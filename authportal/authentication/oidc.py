@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import requests
+from flask_babel import gettext as _
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -211,11 +212,11 @@ class OidcClient:
         """Trade an authorization code for tokens and validate the ID token. Raises SignInRefused,
         ProviderUnavailable."""
         if not code or len(code) > 2048:
-            raise SignInRefused("bad_code", "The provider's answer was not accepted. Try again.")
+            raise SignInRefused("bad_code", _("The provider's answer was not accepted. Try again."))
         answer = self._token_request({"grant_type": "authorization_code", "code": code,
                                       "redirect_uri": redirect_uri, "code_verifier": verifier})
         if answer is None:
-            raise SignInRefused("bad_code", "The sign-in at the provider expired or was already used. Try again.")
+            raise SignInRefused("bad_code", _("The sign-in at the provider expired or was already used. Try again."))
         return self._tokens(answer, nonce)
 
     def refresh(self, refresh_token: str) -> Tokens | None:
@@ -248,7 +249,7 @@ class OidcClient:
     def _tokens(self, answer: dict[str, Any], nonce: str | None, refresh_token: str | None = None) -> Tokens:
         id_token = answer.get("id_token")
         if not isinstance(id_token, str):
-            raise SignInRefused("no_id_token", "The provider sent no ID token.")
+            raise SignInRefused("no_id_token", _("The provider sent no ID token."))
         claims = self.validate_id_token(id_token, nonce)
         access_token = answer.get("access_token") if isinstance(answer.get("access_token"), str) else None
         if access_token and (self.config.username_claim not in claims or self.config.groups_claim not in claims):
@@ -272,7 +273,7 @@ class OidcClient:
             return None
         claims = self._json(response, endpoint)
         if claims.get("sub") != subject:  # OpenID Connect Core 5.3.2: must match the ID token's
-            raise SignInRefused("userinfo_subject", "The provider's answer was not accepted. Try again.")
+            raise SignInRefused("userinfo_subject", _("The provider's answer was not accepted. Try again."))
         return claims
 
     # ID tokens.
@@ -280,7 +281,7 @@ class OidcClient:
     def validate_id_token(self, id_token: str, nonce: str | None) -> dict[str, Any]:
         """The claims of a genuine ID token for this client (`nonce`: the sign-in's; None at a refresh).
         Raises SignInRefused, ProviderUnavailable (the JWKS cannot be had)."""
-        refused = SignInRefused("bad_id_token", "The provider's answer was not accepted. Try again.")
+        refused = SignInRefused("bad_id_token", _("The provider's answer was not accepted. Try again."))
         metadata = self.metadata()
         try:
             kid = jws.extract_compact(id_token.encode("ascii")).headers().get("kid")

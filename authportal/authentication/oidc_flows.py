@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 
 from ..storage import Storage, oidc_flows
 from .oidc import SignInRefused, pkce_pair
@@ -66,7 +67,7 @@ class SignInFlows:
     def take(self, state: str, provider: str, browser: str | None) -> PendingSignIn:
         """The sign-in `state` names, once: deleted whoever asks; refused unless this browser started it at this
         provider and it has not expired. Raises SignInRefused."""
-        expired = SignInRefused("bad_state", "This sign-in expired or was already used. Start again.")
+        expired = SignInRefused("bad_state", _("This sign-in expired or was already used. Start again."))
         if not state or len(state) > 256:
             raise expired
         with self.storage.begin() as conn:
