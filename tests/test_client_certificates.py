@@ -76,17 +76,15 @@ def test_a_certificate_is_its_user_with_the_groups_of_the_users_file(client, pki
                                            "X-SSL-Client-Verify": "SUCCESS"})) == "bob"
 
 
-@pytest.mark.parametrize("settings, name, user", [
-    ({"map": "san_email"}, "bob-by-email", "bob"),
-    ({"map": "san_dns"}, "bob-by-dns", "bob"),
-    ({"map": "subject_regex", "regex": "^CN=(?P<user>[a-z]+)$"}, "alice", "alice"),
-    ({"map": "san_email"}, "two-emails", None),  # which one? refused rather than guessed
-    ({"map": "san_email"}, "bob", None),  # no e-mail at all
-    ({"map": "subject_regex", "regex": "^CN=([a-z]+)$"}, "revoked-bob", "bob"),
-], ids=lambda v: str(v)[:30])
-def test_each_map_finds_the_user(app_with, pki, settings, name, user):
+@pytest.mark.parametrize("settings, users", [
+    # an ambiguous certificate (two e-mail addresses) is refused rather than guessed, as is one without the field
+    ({"map": "san_email"}, {"bob-by-email": "bob", "two-emails": None, "bob": None}),
+    ({"map": "san_dns"}, {"bob-by-dns": "bob", "bob": None}),
+    ({"map": "subject_regex", "regex": "^CN=(?P<user>a[a-z]+)$"}, {"alice": "alice", "bob": None}),
+], ids=["san_email", "san_dns", "subject_regex"])
+def test_each_map_finds_the_user(app_with, pki, settings, users):
     client = ProxiedClient(app_with(**certificates(pki, **settings)))
-    assert user_of(verify(client, PROM, **cert(pki, name))) == user
+    assert {name: user_of(verify(client, PROM, **cert(pki, name))) for name in users} == users
 
 
 @pytest.mark.parametrize("name, reason", [
@@ -141,10 +139,10 @@ def test_an_out_of_date_crl_refuses(app_with, pki, tmp_path):
     assert verify(client, PROM, **cert(pki, "bob")).status_code == 401
 
 
-@pytest.mark.parametrize("counts, status", [(False, 403), (True, 200)])
-def test_a_certificate_is_one_factor_unless_configured_to_count_as_two(app_with, pki, counts, status):
-    client = ProxiedClient(app_with(**certificates(pki, counts_as_two_factor=counts)))
-    assert verify(client, ADMIN_API, method="POST", **cert(pki, "alice")).status_code == status
+def test_a_certificate_is_one_factor_unless_configured_to_count_as_two(client, app_with, pki):
+    assert verify(client, ADMIN_API, method="POST", **cert(pki, "alice")).status_code == 403
+    counted = ProxiedClient(app_with(**certificates(pki, counts_as_two_factor=True)))
+    assert verify(counted, ADMIN_API, method="POST", **cert(pki, "alice")).status_code == 200
 
 
 @pytest.mark.parametrize("headers, reason", [

@@ -3,7 +3,8 @@
 The stack: examples/nginx/client-certificates.conf (TLS, client CA of the tests' own) in front of the served
 portal with `authentication.client_certificates` on, a real Alertmanager at /alertmanager/ and the recording
 stub at /prometheus/ (so the tests see the `Remote-User` the application receives); examples/haproxy with
-its Lua action and a `bind ... ssl ... verify optional` line; and
+its Lua action and a `bind ... ssl ... verify optional` line; examples/caddy, which must drop a client's
+certificate headers; and
 examples/machine-clients/prometheus-scrape-alertmanager-mtls.yml in a real Prometheus.
 The portal's own judgement of each header and certificate is in tests/test_client_certificates.py.
 """
@@ -18,12 +19,13 @@ import requests
 import yaml
 
 from tests.servers import free_port, wait_until
+from tests.servers.caddy import Caddy
 from tests.servers.connect_proxy import ConnectProxy
 from tests.servers.process import REPO, render
 from tests.servers.prometheus import Alertmanager, ScrapingPrometheus
 from tests.support.client_certificates import Pki, presented
 from tests.support.portal import login
-from tests.support.stacks import HAProxyExample, NginxStack, nginx_stack
+from tests.support.stacks import CADDY_EXAMPLE, HAProxyExample, NginxStack, nginx_stack
 
 SCRAPE_EXAMPLE = REPO / "examples" / "machine-clients" / "prometheus-scrape-alertmanager-mtls.yml"
 #: Each test's certificates: CN is the user (map: subject_cn).
@@ -207,3 +209,16 @@ def test_haproxy_refuses_an_expired_certificate_in_the_handshake(mtls, haproxy, 
     with pytest.raises(requests.exceptions.SSLError):
         through_haproxy(mtls, haproxy, "/prometheus/haproxy-expired", "expired-bob")
     assert not reached(upstream, "/prometheus/haproxy-expired")
+
+
+def test_caddy_s_forward_auth_passes_no_client_sent_certificate_headers(mtls, upstream):
+    """Caddy hands every client header to forward-auth: its example removes these, for a portal that has
+    client certificates on."""
+    port, stub = free_port(), f"127.0.0.1:{upstream.port}"
+    forged = {**presented(mtls.pki.directory / "bob.pem"), "Accept": "text/html"}
+    with Caddy.from_file(CADDY_EXAMPLE, BIND="127.0.0.1", PORT=port, PORTAL=f"127.0.0.1:{mtls.stack.portal.setup.port}",
+                         PROMETHEUS=stub, ALERTMANAGER=stub, PUBLIC=stub):
+        answer = requests.get(f"http://app.example.test:{port}/prometheus/caddy-forged", headers=forged,
+                              allow_redirects=False, timeout=10)
+    assert answer.status_code == 302 and "/?rd=" in answer.headers["Location"]
+    assert not reached(upstream, "/prometheus/caddy-forged")
