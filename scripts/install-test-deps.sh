@@ -5,9 +5,10 @@ set -euo pipefail
 # libnginx-mod-http-ndk + -set-misc: set_escape_uri, as ingress-nginx uses (examples/nginx/ingress-nginx/).
 # redis-server also runs the Sentinel tests' sentinels (`redis-server CONF --sentinel`, what redis-sentinel runs).
 # systemd: only for `systemd-analyze verify/security` on examples/systemd/ (nothing starts it); curl: examples/machine-clients/curl.md.
+# fonts-wqy-microhei: Chinese and Japanese glyphs for the screenshots of those pages (1.6 MB; Arabic comes with DejaVu).
 packages=(nginx libnginx-mod-http-ndk libnginx-mod-http-set-misc redis-server slapd ldap-utils samba samba-ad-dc samba-ad-provision winbind krb5-user
           haproxy caddy prometheus prometheus-alertmanager chromium chromium-driver postgresql
-          wrk socat iproute2 apache2-utils curl systemd)
+          wrk socat iproute2 apache2-utils curl systemd fonts-wqy-microhei)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

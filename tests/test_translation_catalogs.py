@@ -23,6 +23,11 @@ def _po(code: str):
         return read_po(source, locale=code)
 
 
+def _key(value):
+    """A message's id or strings as a dict key (read_mo gives a plural's as a list)."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
 def _ids(catalog) -> set:
     return {message.id for message in catalog if message.id}
 
@@ -82,8 +87,8 @@ def test_no_translation_brings_markup_or_double_quotes(code):
 @pytest.mark.parametrize("code", TRANSLATED)
 def test_the_compiled_catalog_is_the_source(code):
     with open(TRANSLATIONS / code / "LC_MESSAGES" / "messages.mo", "rb") as compiled:
-        served = {message.id: message.string for message in read_mo(compiled) if message.id}
-    source = {message.id: message.string for message in _po(code) if message.id and not message.fuzzy}
+        served = {_key(message.id): _key(message.string) for message in read_mo(compiled) if message.id}
+    source = {_key(message.id): _key(message.string) for message in _po(code) if message.id and not message.fuzzy}
     assert served == source, f"{code}: run pybabel compile (docs/translations.md)"
 
 
