@@ -6,8 +6,9 @@ says: which claim names the user and their groups, who may sign in at all (`allo
 and, within `refresh_interval`, what the provider says now (a refresh token grant, else userinfo): new groups,
 or the end of the session when it no longer vouches for the user.
 
-A session signed in here carries `oidc`: the provider's name, the subject, where its groups come from, the ID
-token (the logout's `id_token_hint`) and the refresh and access tokens sealed by the SecretBox.
+A session signed in here carries `oidc`: the provider's name, the subject, where its groups come from, and
+sealed by the SecretBox the ID token (the logout's `id_token_hint`: it names the user to whoever holds it) and
+the refresh and access tokens.
 """
 from __future__ import annotations
 
@@ -76,8 +77,7 @@ class IdentityProviders:
         details = self.details(config, tokens.claims)
         answered = set(_groups(tokens.claims.get("amr"))) | set(_groups(tokens.claims.get("acr")))
         level = TWO_FACTOR if answered & set(config.two_factor_claims) else ONE_FACTOR
-        oidc = {"provider": config.name, "sub": tokens.claims["sub"], "groups_from": config.groups_from,
-                "id_token": tokens.id_token}
+        oidc = {"provider": config.name, "sub": tokens.claims["sub"], "groups_from": config.groups_from}
         return ProviderSignIn(details, level, self._sealed(oidc, details.username, tokens))
 
     def details(self, config: OidcProviderConfig, claims: dict[str, Any]) -> UserDetails:
@@ -111,7 +111,8 @@ class IdentityProviders:
     def _sealed(self, oidc: dict[str, Any], username: str, tokens: Tokens) -> dict[str, Any]:
         """`oidc` with the tokens that outlive the sign-in, sealed to this provider and user."""
         associated = f"oidc:{oidc['provider']}:{username}".encode()
-        for key, token in (("refresh", tokens.refresh_token), ("access", tokens.access_token)):
+        for key, token in (("id_token", tokens.id_token), ("refresh", tokens.refresh_token),
+                           ("access", tokens.access_token)):
             oidc[key] = (base64.b64encode(self.box.seal(token.encode(), associated)).decode()
                          if token else None)
         return oidc
@@ -145,7 +146,7 @@ class IdentityProviders:
             if details.username != data["user"]:
                 raise UserGone(f"{client.config.label} names another user")
             fields = session_fields(details)
-            fields["oidc"] = self._sealed(dict(oidc, id_token=tokens.id_token), details.username, tokens)
+            fields["oidc"] = self._sealed(dict(oidc), details.username, tokens)
             return fields
 
         return lookup
@@ -163,7 +164,7 @@ class IdentityProviders:
         claims = client.userinfo(access, oidc["sub"])
         if claims is None:
             return None
-        return Tokens(oidc["id_token"], claims, access, None)
+        return Tokens(self._opened(oidc, data["user"], "id_token") or "", claims, access, None)
 
     # Signing out.
 
@@ -173,4 +174,4 @@ class IdentityProviders:
         client = self.clients.get(oidc.get("provider", "")) if oidc else None
         if client is None or oidc is None:
             return None
-        return client.end_session_url(oidc.get("id_token"), post_logout_redirect_uri)
+        return client.end_session_url(self._opened(oidc, session["user"], "id_token"), post_logout_redirect_uri)

@@ -201,7 +201,7 @@ def test_a_user_gone_at_the_provider_loses_the_session(browser, provider):
         provider.set_groups("otto", [])
 
 
-def test_the_client_secret_is_in_no_url_page_or_log_and_the_sign_in_is_audited(browser):
+def test_the_client_secret_is_in_no_url_page_or_log_the_tokens_are_sealed_and_the_sign_in_is_audited(browser):
     records = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -220,6 +220,10 @@ def test_the_client_secret_is_in_no_url_page_or_log_and_the_sign_in_is_audited(b
     assert not [r for r in records if "op-client-Secret" in r.getMessage() + str(getattr(r, "audit", ""))]
     success = next(r.audit for r in records if getattr(r, "audit", {}).get("event") == "login_success")
     assert {"user": "olivia", "factor": "oidc", "provider": "corp"}.items() <= success.items()
+    # the session record holds the provider's tokens sealed: no JWT (eyJ…) and no token in clear
+    import json
+    stored = json.dumps(browser.application.portal.sessions.get(session_cookie(browser).value))
+    assert '"provider": "corp"' in stored and "eyJ" not in stored
 
 
 def test_the_keycloak_example_is_a_valid_configuration(tmp_path):
