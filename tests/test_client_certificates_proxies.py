@@ -206,7 +206,8 @@ def test_haproxy_passes_the_connection_s_certificate(mtls, haproxy, upstream):
 
 
 def test_haproxy_refuses_an_expired_certificate_in_the_handshake(mtls, haproxy, upstream):
-    with pytest.raises(requests.exceptions.SSLError):
+    # TLS 1.3 may report the alert as an SSL error or as a reset connection: either way nothing got through
+    with pytest.raises(requests.exceptions.ConnectionError):
         through_haproxy(mtls, haproxy, "/prometheus/haproxy-expired", "expired-bob")
     assert not reached(upstream, "/prometheus/haproxy-expired")
 
