@@ -1365,6 +1365,10 @@ class Config(SecretsMixin):
         for net in self.server.trusted_proxies:
             if net.prefixlen == 0:
                 found.append(f"server.trusted_proxies contains {net}: any client can forge the original URL")
+        certificates = self.authentication.client_certificates
+        if certificates.enable and certificates.ca_file is None:
+            found.append("authentication.client_certificates has no ca_file: whose certificate is believed rests on "
+                         "the proxy's verdict alone (give the portal the proxy's client CA)")
         return found
 
 

@@ -223,3 +223,11 @@ def test_a_complete_setting_passes_check_config(portal_setup, pki):
     portal_setup.write(**certificates(pki, map="subject_regex", regex="^CN=(?P<user>[^,]+)"))
     result = CliRunner().invoke(main, ["check-config", "--config", str(portal_setup.config_path)])
     assert result.exit_code == 0, result.output
+    assert "client_certificates" not in result.output
+
+
+def test_without_ca_file_check_config_warns(portal_setup):
+    portal_setup.write(authentication={"client_certificates": {"enable": True}})
+    result = CliRunner().invoke(main, ["check-config", "--config", str(portal_setup.config_path)])
+    assert result.exit_code == 0, result.output
+    assert "client_certificates has no ca_file: whose certificate is believed rests on the proxy's verdict" in result.output
