@@ -23,7 +23,7 @@ ADMIN_API = "http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
-    pki = Pki.make(tmp_path_factory.mktemp("pki"))
+    pki = Pki(tmp_path_factory.mktemp("pki"))
     for name in ("alice", "bob", "carol", "dave", "mallory", "revoked-bob"):
         pki.client(name, "bob" if name == "revoked-bob" else None)
     pki.client("bob-by-email", "ignored", emails=("bob@example.test",))
@@ -211,7 +211,7 @@ def test_refused_certificates_ban_the_client_address(app_with, pki):
 ], ids=lambda v: str(v)[:40])
 def test_check_config_says_what_is_wrong(portal_setup, pki, tmp_path, settings, expected):
     files = {"CA": str(pki.ca_file), "CRL": str(pki.crl_file),
-             "OTHER_CA": str(Pki.make(tmp_path / "other").ca_file)}
+             "OTHER_CA": str(Pki(tmp_path / "other").ca_file)}
     settings = {key: files.get(value, value) for key, value in settings.items()}
     portal_setup.write(authentication={"client_certificates": {"enable": True, **settings}})
     result = CliRunner().invoke(main, ["check-config", "--config", str(portal_setup.config_path)])

@@ -53,7 +53,7 @@ class Mtls:
 @pytest.fixture(scope="module")
 def mtls(tmp_path_factory, upstream) -> Iterator[Mtls]:
     directory = tmp_path_factory.mktemp("mtls")
-    pki = Pki.make(directory / "pki")
+    pki = Pki(directory / "pki")
     for name in PEOPLE:
         pki.client(name)
     pki.client("revoked-bob", "bob")

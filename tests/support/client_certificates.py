@@ -1,13 +1,12 @@
 """Client certificates for the mTLS tests: one CA the portal trusts, one it does not, and the people's certificates.
 
-`Pki.make(directory)` issues them (EC keys: milliseconds); `escaped(path)` is what nginx's
+`Pki(directory)` issues them (EC keys: milliseconds); `escaped(path)` is what nginx's
 `$ssl_client_escaped_cert` passes the portal, `der_base64(path)` what HAProxy's `ssl_c_der,base64` passes.
 """
 from __future__ import annotations
 
 import base64
 import datetime
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,22 +18,17 @@ from tests.servers.ca import CertificateAuthority
 DAY = datetime.timedelta(days=1)
 
 
-@dataclass(frozen=True)
 class Pki:
-    directory: Path
-    authority: CertificateAuthority
-    #: The CA the portal's client_certificates.ca_file (and the proxy's client CA) holds.
-    ca_file: Path
-    #: A CRL of that CA, revoking nobody at first.
-    crl_file: Path
+    """A client CA of the tests' own in `directory`, its CRL, and the certificates it issues there."""
 
-    @classmethod
-    def make(cls, directory: Path) -> Pki:
+    def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        authority = CertificateAuthority("authportal test client CA")
-        pki = cls(directory, authority, authority.write_cert(directory / "client-ca.pem"), directory / "crl.pem")
-        authority.write_crl(pki.crl_file)
-        return pki
+        self.directory = directory
+        self.authority = CertificateAuthority("authportal test client CA")
+        #: The CA the portal's client_certificates.ca_file (and the proxy's client CA) holds.
+        self.ca_file = self.authority.write_cert(directory / "client-ca.pem")
+        #: A CRL of that CA, revoking nobody at first.
+        self.crl_file = self.authority.write_crl(directory / "crl.pem")
 
     def client(self, name: str, common_name: str | None = None, **options) -> tuple[Path, Path]:
         """(certificate, key) files of a client certificate for CN `common_name` (default `name`)."""
