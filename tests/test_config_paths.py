@@ -63,6 +63,7 @@ PATH_KEYS = {  # key -> the relative path the test config gives it
     "notifier.filesystem.path": "mail/outbox.txt",
     "authentication.client_certificates.ca_file": "tls/ca.pem",
     "authentication.client_certificates.crl_file": "tls/ca.crl",
+    "branding.logo_file": "brand/logo.svg",
 }
 SECRET_FILE_KEYS = {  # key -> (relative file, the key its content lands in)
     "secret_key_file": ("secrets/key", "secret_key"),
@@ -93,6 +94,8 @@ def test_every_relative_path_is_taken_from_the_config_folder(tmp_path, monkeypat
     ca.write_cert(folder / "tls" / "ca.pem")
     ca.issue(folder / "tls" / "client.pem", folder / "tls" / "client.key", "portal", client=True)
     ca.write_crl(folder / "tls" / "ca.crl")
+    (folder / "brand").mkdir()
+    (folder / "brand" / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
 
     document = setup.document()
     del document["secret_key"]
@@ -109,6 +112,7 @@ def test_every_relative_path_is_taken_from_the_config_folder(tmp_path, monkeypat
                            {"postgres": {"url": "postgresql://portal@127.0.0.1/portal", "password_file": "secrets/postgres"}})
     document["log"]["audit_file"] = "logs/audit.log"
     document["authentication"]["client_certificates"] = {"ca_file": "tls/ca.pem", "crl_file": "tls/ca.crl"}
+    document["branding"] = {"logo_file": "brand/logo.svg"}
     document["notifier"] = ({"smtp": {"host": "127.0.0.1", "sender": "p@example.test", "ca_file": "tls/ca.pem",
                                       "username": "portal", "password_file": "secrets/smtp"}}
                             if storage == "sqlite" else {"filesystem": {"path": "mail/outbox.txt"}})
