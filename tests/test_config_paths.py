@@ -44,8 +44,11 @@ def schema_keys(model: type[BaseModel], prefix: str = "") -> tuple[set[str], set
 
 
 def value_at(config: BaseModel, key: str) -> Any:
+    """The value at a dotted key; in a list of sections (oidc.providers), the first one's."""
     for part in key.split("."):
         config = getattr(config, part)
+        if isinstance(config, list):
+            config = config[0]
     return config
 
 
@@ -72,6 +75,7 @@ SECRET_FILE_KEYS = {  # key -> (relative file, the key its content lands in)
     "session.redis.sentinel.password_file": ("secrets/sentinel", "session.redis.sentinel.password"),
     "storage.postgres.password_file": ("secrets/postgres", "storage.postgres.password"),
     "notifier.smtp.password_file": ("secrets/smtp", "notifier.smtp.password"),
+    "authentication.oidc.providers.client_secret_file": ("secrets/oidc", "authentication.oidc.providers.client_secret"),
 }
 #: Keys of sections that exclude each other: each run of the test below uses one of each pair.
 EXCLUSIVE = {"sqlite": ("storage.postgres.", "notifier.filesystem."), "postgres": ("storage.sqlite.", "notifier.smtp.")}
@@ -113,6 +117,8 @@ def test_every_relative_path_is_taken_from_the_config_folder(tmp_path, monkeypat
     document["log"]["audit_file"] = "logs/audit.log"
     document["authentication"]["client_certificates"] = {"ca_file": "tls/ca.pem", "crl_file": "tls/ca.crl"}
     document["branding"] = {"logo_file": "brand/logo.svg"}
+    document["authentication"]["oidc"] = {"providers": [{"name": "corp", "issuer": "http://127.0.0.1:1",
+                                                         "client_id": "portal", "client_secret_file": "secrets/oidc"}]}
     document["notifier"] = ({"smtp": {"host": "127.0.0.1", "sender": "p@example.test", "ca_file": "tls/ca.pem",
                                       "username": "portal", "password_file": "secrets/smtp"}}
                             if storage == "sqlite" else {"filesystem": {"path": "mail/outbox.txt"}})
