@@ -336,10 +336,10 @@ def test_ad_username_for_email(ad_reset, samba_ad):
 
 
 @pytest.fixture
-def samba_ad_in_clear(samba_template: Path, tmp_path: Path) -> Iterator[SambaAD]:
+def samba_ad_in_clear(samba_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaAD]:
     """A DC of this test's own that accepts simple binds over plain LDAP (`ldap server require strong auth = no`),
-    as older domains do."""
-    server = SambaAD(samba_template, tmp_path / "samba-ad-in-clear")
+    as older domains do. In a short folder: see `own_samba_ad`."""
+    server = SambaAD(samba_template, tmp_path_factory.mktemp("ad"))
     try:
         server._install()
         conf = server.smb_conf.read_text()

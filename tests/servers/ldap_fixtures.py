@@ -61,8 +61,10 @@ def own_slapd(tmp_path: Path) -> Iterator[SlapdServer]:
 
 
 @pytest.fixture
-def own_samba_ad(samba_template: Path, tmp_path: Path) -> Iterator[SambaAD]:
-    server = SambaAD(samba_template, tmp_path / "own-samba-ad")
+def own_samba_ad(samba_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaAD]:
+    # A short folder, not the test's own: Samba's messaging sockets live under it, and a Unix socket path may
+    # have at most 107 bytes (a long test name under pytest-xdist's popen-gwN/ made the DC fail to start).
+    server = SambaAD(samba_template, tmp_path_factory.mktemp("ad"))
     try:
         server.start()
         yield server
