@@ -45,8 +45,10 @@ class Brand:
             suffix = config.logo_file.suffix.lower()
             self.logo = self._add(_asset("logo", suffix, LOGO_TYPES[suffix], config.logo_file.read_bytes()))
         if config.primary_color is not None:
-            # the sign-in button (white text) in both themes; links keep the theme's accent, readable on its card
-            css = f":root {{ --button: {config.primary_color}; --button-hover: {config.primary_color}; }}\n"
+            # The sign-in button (white text) in both themes; links keep the theme's accent, readable on its card.
+            # On the dark card a brand colour may not stand out 3:1 (WCAG 1.4.11): there the button gets a light edge.
+            css = (f":root {{ --button: {config.primary_color}; --button-hover: {config.primary_color}; "
+                   f"--button-edge: light-dark({config.primary_color}, #e7edf5); }}\n")
             self.colours = self._add(_asset("colours", ".css", "text/css; charset=utf-8", css.encode()))
 
     def _add(self, asset: Asset) -> str:

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import abort, current_app, g, request, url_for
-from flask_babel import format_datetime, format_timedelta
+from babel.dates import format_date, format_time, get_datetime_format
+from flask_babel import format_timedelta, get_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
@@ -163,8 +164,12 @@ def clear_session_cookie(response: Response) -> None:
 
 
 def timestamp(seconds: float) -> str:
-    """A stored time in the reader's language (in UTC, and saying so: the portal does not know their time zone)."""
-    return format_datetime(datetime.fromtimestamp(seconds, UTC), "medium", rebase=False) + " UTC"
+    """A stored time in the reader's language, to the minute ("Dec 3, 2026, 9:29 AM", "3. Dez. 2026, 09:29"), in
+    UTC and saying so: the portal does not know the reader's time zone."""
+    value, locale = datetime.fromtimestamp(seconds, UTC), get_locale()
+    both = get_datetime_format("medium", locale=locale)  # "{1}, {0}": where the language puts date and time
+    return (both.replace("{1}", format_date(value, "medium", locale=locale))
+            .replace("{0}", format_time(value, "short", tzinfo=UTC, locale=locale)) + " UTC")
 
 
 def duration(seconds: float, granularity: str = "second") -> str:
