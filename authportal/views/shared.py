@@ -11,8 +11,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import abort, current_app, g, request, url_for
 from babel.dates import format_date, format_time, get_datetime_format
+from flask import abort, current_app, g, request, url_for
 from flask_babel import format_timedelta, get_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
