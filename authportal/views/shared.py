@@ -167,7 +167,7 @@ def timestamp(seconds: float) -> str:
     """A stored time in the reader's language, to the minute ("Dec 3, 2026, 9:29 AM", "3. Dez. 2026, 09:29"), in
     UTC and saying so: the portal does not know the reader's time zone."""
     value, locale = datetime.fromtimestamp(seconds, UTC), get_locale()
-    both = get_datetime_format("medium", locale=locale)  # "{1}, {0}": where the language puts date and time
+    both = str(get_datetime_format("medium", locale=locale))  # "{1}, {0}": where the language puts date and time
     return (both.replace("{1}", format_date(value, "medium", locale=locale))
             .replace("{0}", format_time(value, "short", tzinfo=UTC, locale=locale)) + " UTC")
 
