@@ -96,3 +96,16 @@ def test_the_picker_on_a_form_answer_leads_back_to_the_form_not_to_a_post_only_u
     from tests.support.in_process import post_login
     refused = post_login(client, "bob", password="wrong", rd="http://app.example.test/prometheus/")
     assert 'name="next" value="/?rd=http%3A%2F%2Fapp.example.test%2Fprometheus%2F"' in refused.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("code", "time", "length"), [
+    ("en", "Dec 3, 2026, 9:29\u202fAM UTC", "5 minutes"), ("de", "03.12.2026, 09:29 UTC", "5 Minuten"),
+    ("fr", "3 déc. 2026, 09:29 UTC", "5 minutes"), ("ja", "2026/12/03 9:29 UTC", "5 分"),
+    ("pl", "3 gru 2026, 09:29 UTC", "5 minut")])
+def test_dates_and_lengths_of_time_follow_the_language(app, code, time, length):
+    from flask_babel import force_locale
+
+    from authportal.views.shared import duration, timestamp
+
+    with app.flask.test_request_context(), force_locale(code):
+        assert (timestamp(1796290140), duration(300)) == (time, length)
