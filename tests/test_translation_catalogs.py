@@ -95,3 +95,30 @@ def test_the_compiled_catalog_is_the_source(code):
 def test_the_wheel_ships_the_compiled_catalogs():
     setup = (REPO / "setup.cfg").read_text()
     assert "authportal = translations/*/LC_MESSAGES/*.mo" in setup
+
+
+def test_the_documented_update_commands_leave_the_shipped_catalogs_as_they_are(tmp_path):
+    """docs/translations.md's commands, run verbatim on a copy of the sources: nothing new to translate, and
+    what they compile is what the package ships."""
+    import re
+    import shutil
+
+    block = re.search(r"## Updating the catalogs\n.*?```sh\n(.*?)```", (REPO / "docs" / "translations.md").read_text(),
+                      re.S)
+    assert block, "docs/translations.md has no sh block under 'Updating the catalogs'"
+    shutil.copytree(REPO / "authportal", tmp_path / "authportal", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "templates", tmp_path / "templates")
+    shutil.copy(REPO / "babel.cfg", tmp_path / "babel.cfg")
+    (tmp_path / ".venv").symlink_to(REPO / ".venv")
+    subprocess.run(["bash", "-euo", "pipefail", "-c", block.group(1)], cwd=tmp_path, check=True,
+                   capture_output=True)
+    for code in TRANSLATED:
+        folder = Path("authportal") / "translations" / code / "LC_MESSAGES"
+        with open(tmp_path / folder / "messages.po", "rb") as updated, open(REPO / folder / "messages.po", "rb") as shipped:
+            assert _entries(read_po(updated)) == _entries(read_po(shipped)), code
+        with open(tmp_path / folder / "messages.mo", "rb") as compiled, open(REPO / folder / "messages.mo", "rb") as ours:
+            assert _entries(read_mo(compiled)) == _entries(read_mo(ours)), code
+
+
+def _entries(catalog) -> dict:
+    return {(message.context, _key(message.id)): _key(message.string) for message in catalog if message.id}
