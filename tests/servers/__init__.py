@@ -6,6 +6,7 @@ skips locally but fails under CI=true, where every server must run.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -31,10 +32,34 @@ def require_binary(name: str) -> str:
     pytest.skip(message)
 
 
+def _worker_ports() -> range:
+    """This process's ports: below the kernel's ephemeral range (32768-60999), so that no outgoing connection
+    takes one between the choice and the server's bind, and a block of its own per pytest-xdist worker
+    (gw0, gw1, …), so that two workers never choose the same one (port 0 could: the kernel hands a port freed
+    by one worker to the other)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker[2:].isdigit() else 0
+    start = 10_000 + (index % 7) * 3_000
+    return range(start, start + 3_000)
+
+
+_PORTS = _worker_ports()
+_next_port = [random.randrange(len(_PORTS))]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on, from this process's block, in turn (one handed out is not handed out
+    again until the block has gone round)."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port[0] % len(_PORTS)]
+        _next_port[0] += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use, or still in TIME_WAIT
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition",
