@@ -5,6 +5,7 @@ skips locally but fails under CI=true, where every server must run.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -44,15 +45,14 @@ def _worker_ports() -> range:
 
 
 _PORTS = _worker_ports()
-_next_port = [random.randrange(len(_PORTS))]
+_turns = itertools.count(random.randrange(len(_PORTS)))
 
 
 def free_port() -> int:
     """A loopback port nothing listens on, from this process's block, in turn (one handed out is not handed out
     again until the block has gone round)."""
     for _ in range(len(_PORTS)):
-        port = _PORTS[_next_port[0] % len(_PORTS)]
-        _next_port[0] += 1
+        port = _PORTS[next(_turns) % len(_PORTS)]
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
