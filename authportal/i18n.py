@@ -84,7 +84,7 @@ def choose() -> Response:
     back = request.args.get("next", "/")
     if not back.startswith("/") or back.startswith("//") or "\\" in back or any(c < " " for c in back):
         back = "/"
-    response = redirect(request.script_root + back if back != "/" else request.script_root + "/", 303)
+    response = redirect(request.script_root + back, 303)
     if language is not None:
         secure = current_app.extensions["authportal"].config.session.cookie_secure
         response.set_cookie(cookie_name(secure), language.catalog, max_age=COOKIE_LIFETIME, path="/",
