@@ -25,7 +25,7 @@ from .identity_headers import DEFAULT_TEMPLATES, HeaderTemplates
 from .logs import RateLimitedLog
 from .machine_auth import MachineAuthenticator
 from .metrics import Metrics
-from .proxies import TrustedProxies
+from .proxies import TrustedProxies, UnreadableClientAddress
 from .sessions import SessionStore, SessionStoreUnavailable
 
 log = logging.getLogger("authportal.verify")
@@ -125,7 +125,10 @@ class Verifier:
             target = normalise_path(original.target)
         except ValueError as exc:
             raise BadRequest(f"malformed original URL: {exc}") from None
-        client_ip = self.proxies.client_ip(environ)
+        try:
+            client_ip = self.proxies.client_ip(environ)
+        except UnreadableClientAddress as exc:
+            raise BadRequest(exc.description) from None
         url = original.url
 
         identity: Identity | None = None

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.in_process import PORTAL, PROM, VERIFY_PROM, ProxiedClient, forward_auth, post_login, verify
+from tests.support.in_process import PORTAL, PROM, VERIFY_PROM, ProxiedClient, csrf, forward_auth, post_login, verify
 from tests.support.portal import USERS, basic_header
 
 
@@ -143,6 +143,37 @@ def test_client_network_comes_from_trusted_forwarded_for_only(app_with):
     assert verify(client, url, **{"X-Forwarded-For": "192.0.2.1"}).status_code == 403
     # the client prepends a fake hop; the proxy appends the real address: the real one counts
     assert verify(client, url, **{"X-Forwarded-For": "10.1.2.3, 192.0.2.1"}).status_code == 403
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    # nginx with `$proxy_add_x_forwarded_for` appends to the client's value; a non-ASCII byte in it makes granian
+    # hand over "", which used to send the portal to the client's own X-Real-IP (or to the proxy's address)
+    ({"X-Forwarded-For": "", "X-Real-IP": "10.1.2.3"}, 400),
+    ({"X-Forwarded-For": ""}, 400),
+    # the rightmost hop a proxy added is not an address: refused, never skipped for the client's hop further left
+    ({"X-Forwarded-For": "10.1.2.3, not-an-address"}, 400),
+    ({"X-Forwarded-For": "10.1.2.3, "}, 400),
+    # X-Real-IP is never read: no shipped proxy config sets it, so it is whatever the client wrote
+    ({"X-Real-IP": "10.1.2.3"}, 403),
+    ({"X-Forwarded-For": "192.0.2.1", "X-Real-IP": "10.1.2.3"}, 403),
+])
+def test_the_client_address_is_never_guessed(app_with, headers, status):
+    app = app_with(access_control={"rules": [
+        {"domain": "net.example.test", "networks": ["10.0.0.0/8"], "policy": "bypass"},
+        {"domain": "net.example.test", "policy": "deny"}]})
+    response = verify(ProxiedClient(app), "http://net.example.test/", **headers)
+    assert response.status_code == status
+    if status == 400:
+        assert b"X-Forwarded-For" in response.get_data()
+
+
+def test_a_page_refuses_an_unreadable_client_address(app_with):
+    """The login form counts failures by address: an unreadable one is a 400 page, not the proxy's address."""
+    client = ProxiedClient(app_with())
+    form = {"username": "bob", "password": USERS["bob"]["password"], "csrf_token": csrf(client)}
+    response = client.post("/login", base_url=PORTAL, data=form, headers={"X-Forwarded-For": ""})
+    assert response.status_code == 400
+    assert "X-Forwarded-For" in response.get_data(as_text=True)
 
 
 def test_session_cookie_is_parsed_strictly(client, app):
@@ -538,6 +569,7 @@ def _raw_verify(port: int, header_lines: bytes) -> tuple[int, bytes]:
 @pytest.mark.parametrize("original", [
     b"X-Original-URL: http://app.example.test/prometheus/api/v1/admin/tsdb/snapshot?x=\xc3\xa9\r\n",  # raw UTF-8
     b"X-Original-URL: http://app.example.test/prometheus/\x80\xff\r\n",  # obs-text
+    b"X-Original-URL: http://app.example.test/prometheus/?x=\xe9\r\n",  # latin-1
 ])
 def test_the_real_server_refuses_a_url_it_cannot_read(served_portal, original):
     """granian empties a value with bytes >= 0x80; the portal refuses it instead of judging the other family."""
@@ -546,6 +578,14 @@ def test_the_real_server_refuses_a_url_it_cannot_read(served_portal, original):
     assert (status, body) == (400, b"empty X-Original-URL: the proxy sent an empty value, or one with bytes that "
                                    b"are not ASCII (they cannot be read, so the request is refused rather than "
                                    b"guessed)\n")
+
+
+@pytest.mark.parametrize("byte", [b"\x00", b"\x7f"])
+def test_granian_itself_refuses_nul_and_del_in_a_header(served_portal, byte):
+    """docs/architecture.md's table: these never reach the portal (an upgrade that changes this is noticed)."""
+    status, _ = _raw_verify(served_portal.setup.port, b"X-Original-URL: http://app.example.test/public/" + byte
+                            + b"\r\nX-Original-Method: GET\r\n")
+    assert status == 400
 
 
 def test_the_real_server_refuses_a_doubled_header(served_portal):

@@ -31,9 +31,9 @@ def metrics() -> Response:
     if not config.enabled:
         abort(404)
     if config.networks:
-        try:
+        try:  # an unreadable X-Forwarded-For is a 400 of its own (proxies.UnreadableClientAddress)
             client = ipaddress.ip_address(portal.proxies.client_ip(request.environ))
-        except ValueError:  # a proxy passed something that is not an address: nobody we know
+        except ValueError:  # the peer itself is not an address (a Unix socket): nobody we know
             client = None
         if client is None or not any(client in net for net in config.networks):
             abort(403, description="Metrics are not served to this address.")
