@@ -1,12 +1,14 @@
 """Access rules that leak or can never apply: the warnings of ``authportal check-config``.
 
-Rules are first-match-wins, and three mistakes pass validation yet change who gets in:
+Rules are first-match-wins, and four mistakes pass validation yet change who gets in:
 
 - **fall-through**: a rule keeps a path for a subject (``^/api/v1/admin/`` for ``group:admins``), but
   everyone else is not stopped there: they go on to a later, broader rule (or the default policy)
   that lets them in. The fix is a ``deny`` rule of the same scope right after it.
 - **shadowed**: an earlier rule matches every request a later one would, so the later one never decides.
 - **bypass over a protected path**: a ``bypass`` rule's resources cover a path that a later rule protects.
+- **unanchored bypass**: resources are searched in the path *and* the ``?query``, so a ``bypass`` resource
+  that is not anchored at the start of the path (``\\.css$``, ``/public/``) opens any path whose query names it.
 
 A wrong warning teaches operators to ignore warnings, so every one is *sure*:
 
@@ -38,7 +40,7 @@ from .authorization import AccessRules, Criterion, normalise_host
 from .config import AccessControlConfig, AccessRule
 from .regex_facts import covers, samples
 
-Kind = Literal["fall_through", "shadowed", "bypass"]
+Kind = Literal["fall_through", "shadowed", "bypass", "unanchored"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Example values, when a rule does not pin them down (RFC 5737 documentation address, a neutral name).
@@ -46,6 +48,8 @@ _ANY_HOST = "example.com"
 _ANY_IP = "192.0.2.10"
 _ANY_USER = "someone"
 _LIMIT = 4
+#: A path no rule is written for: a bypass that matches it only with a ?query is opened by the query.
+_PROBE_PATH = "/authportal-lint"
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ class _Linter:
                 self._check_fall_through(index)
             if scope.rule.policy == "bypass" and scope.resources:
                 self._check_bypass(index)
+                self._check_unanchored(index)
         said = {(f.earlier, f.later) for f in self.findings}  # a bypass warning says more than "never matches"
         for later, earlier in self.shadowed.items():
             if (earlier, later) not in said:
@@ -284,6 +289,27 @@ class _Linter:
                         f"{example.request} is let through by rules[{index}] without a login. "
                         f"Fix: move rules[{j}] above rules[{index}], or narrow rules[{index}]'s resources.")))
                     break
+
+
+    def _check_unanchored(self, index: int) -> None:
+        bypass = self.scopes[index]
+        for resource in bypass.resources:
+            for example in self._examples(bypass, None, self._hosts(index, None), [], [(None, frozenset())]):
+                for sample in samples(resource):
+                    opened = _Example(example.host, f"{_PROBE_PATH}?q={sample}", example.method, example.ip, None,
+                                      frozenset())
+                    if self._rule_for(opened) == index and self._rule_for(
+                            _Example(example.host, _PROBE_PATH, example.method, example.ip, None, frozenset())) != index:
+                        self.findings.append(Finding("unanchored", index, None, (
+                            f"{_name(index)} (bypass) is not anchored at the start of the path: its resource "
+                            f"{json.dumps(resource)} is searched in the path and the ?query, so {opened.request} is "
+                            "let through without a login whatever its path. "
+                            "Fix: start it with ^/ (e.g. ^/static/.*\\.css$ or ^/public/).")))
+                        return
+
+    def _rule_for(self, example: _Example) -> int | None:
+        return self.access.decide(example.host, example.path, example.method, example.ip, example.user,
+                                  example.groups).rule
 
 
 def lint_access_rules(config: AccessControlConfig) -> list[Finding]:

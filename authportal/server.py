@@ -13,6 +13,7 @@ import os
 import signal
 import tempfile
 
+from .access_lint import lint_access_rules
 from .config import CONFIG_PATH_ENV, AuthenticationConfig, Config, ConfigError, load_config
 from .exits import EXIT_CONFIG, EXIT_RUNTIME, report_config_errors
 from .logs import setup_logging
@@ -79,6 +80,8 @@ def run(config: Config, config_path: str, workers: int | None = None, threads: i
     from .authentication import BackendUnavailable
 
     setup_logging(config.log)
+    for finding in lint_access_rules(config.access_control):  # check-config's warnings, once, in the log too
+        log.warning("%s", finding)
     problems = check_backends(config.authentication)
     if problems:
         report_config_errors(ConfigError(problems))

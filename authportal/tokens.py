@@ -147,10 +147,15 @@ def _check_method(method: str) -> str:
 
 
 def _check_resource(pattern: str) -> str:
+    """A token's resources restrict it, and are searched in the path and the ?query: one that is not anchored at
+    the start of the path would also match a query string that names it (`/other?x=/api/v1/query`)."""
     try:
         re.compile(pattern)
     except re.error as exc:
         raise ValueError(f"resource {pattern!r} is not a regular expression: {exc}") from None
+    if not pattern.startswith("^/"):
+        raise ValueError(f"resource {pattern!r} must start with ^/ (the start of the path): unanchored, it would "
+                         "also match a ?query that names it, e.g. ^/prometheus/api/v1/query")
     return pattern
 
 

@@ -7,6 +7,7 @@ monitoring rule and reaches the admin API; check-config says so, and says which 
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from authportal.authorization import AccessRules
 from authportal.cli import main
 from authportal.config import AccessControlConfig
 from authportal.regex_facts import covers, samples
+from tests.support.portal import ServedPortal
 
 REPO = Path(__file__).resolve().parent.parent
 PROM = "prometheus.example.test"
@@ -123,6 +125,32 @@ def test_a_bypass_over_a_path_a_later_rule_protects_warns(portal_setup):
     narrowed = {**public_api, "resources": ["^/api/health$"]}
     assert check_config(portal_setup, [narrowed, admin])[1] == []
     assert check_config(portal_setup, [admin, public_api])[1] == []
+
+
+@pytest.mark.parametrize("resource, request_line", [
+    (r"\.css$", "GET https://app.example.test/authportal-lint?q=.css"),
+    ("/public/", "GET https://app.example.test/authportal-lint?q=/public/"),
+])
+def test_a_bypass_that_is_not_anchored_warns_because_a_query_opens_any_path(portal_setup, resource, request_line):
+    """Resources are searched in the path and the ?query: an unanchored bypass lets `/admin/?x=.css` through."""
+    bypass = {"domain": "app.example.test", "resources": [resource], "policy": "bypass"}
+    code, warnings = check_config(portal_setup, [bypass, {"domain": "app.example.test", "policy": "one_factor"}])
+    assert code == 0
+    assert warnings == [
+        f"warning: access_control.rules[0] (bypass) is not anchored at the start of the path: its resource "
+        f"{json.dumps(resource)} is searched in the path and the ?query, so {request_line} is let through without "
+        "a login whatever its path. Fix: start it with ^/ (e.g. ^/static/.*\\.css$ or ^/public/)."
+    ]
+    anchored = {**bypass, "resources": ["^/" + resource.lstrip("/")]}
+    assert check_config(portal_setup, [anchored, {"domain": "app.example.test", "policy": "one_factor"}])[1] == []
+
+
+def test_serve_logs_the_same_warnings_at_start(portal_setup):
+    """An operator who never runs check-config still reads the fall-through in the portal's log."""
+    portal_setup.write(access_control={"default_policy": "deny", "rules": LEAKY})
+    with ServedPortal(portal_setup) as served:
+        logs = served.logs()
+    assert logs.count("does not stop anyone else") == 1, logs  # once: the parent, not every worker
 
 
 def test_errors_still_exit_2_and_warnings_do_not_hide_them(portal_setup):

@@ -115,6 +115,16 @@ def test_invalid_requests_refused(service, name, expires, scope):
     assert service.list() == []
 
 
+@pytest.mark.parametrize("resource", ["/api/v1/query", "api/v1/query", "(^/api/v1/query)", "["])
+def test_a_tokens_resources_must_be_anchored_regexes(service, resource):
+    """A token's resources restrict it, and are searched in the path and the ?query: unanchored,
+    `/api/v1/query` would also let `/api/v1/admin/tsdb/delete_series?x=/api/v1/query` through."""
+    with pytest.raises(ValueError, match="start with \\^|not a regular expression"):
+        service.create("alice", "reader", resources=[resource])
+    assert service.list() == []
+    service.create("alice", "reader", resources=["^/api/v1/query"])
+
+
 def write_config(tmp_path, storage_yaml: str = "{sqlite: {path: db.sqlite3}}"):
     """A real configuration file, as an operator would pass with --config."""
     config = tmp_path / "config.yml"

@@ -40,7 +40,8 @@ def tokens() -> None:
 @click.option("--methods", default="", metavar="M,...",
               help="Only these HTTP methods, e.g. GET,HEAD (default: any the rules allow).")
 @click.option("--resources", multiple=True, metavar="REGEX",
-              help="Only paths (with ?query) this regex finds, as in a rule's resources (repeatable; default: any).")
+              help="Only paths (with ?query) this regex finds, anchored: ^/prometheus/api/v1/query (repeatable; "
+                   "default: any).")
 def create(config_path: str, username: str, name: str, expires: float | None, scope: tuple[str, ...],
            methods: str, resources: tuple[str, ...]) -> None:
     with open_storage(config_path) as (_config, storage):
