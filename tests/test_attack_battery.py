@@ -105,7 +105,10 @@ GRAFANA_RULES = [
     {"domain": ["grafana.example.test"], "resources": [ADMIN_API], "policy": "deny"},
     *yaml.safe_load((GRAFANA_EXAMPLE / "authportal.yml").read_text())["access_control"]["rules"],
 ]
-RULES = [PRIVATE_NETWORKS_RULE, LANDING_RULE, *SEED_RULES, *CORP_RULES, *GRAFANA_RULES]
+#: A public host (a status page, say) that no shipped config serves: a request judged under its name is let through.
+OPEN_HOST = "open.example.test"
+OPEN_HOST_RULE = {"domain": [OPEN_HOST], "policy": "bypass"}
+RULES = [PRIVATE_NETWORKS_RULE, LANDING_RULE, OPEN_HOST_RULE, *SEED_RULES, *CORP_RULES, *GRAFANA_RULES]
 
 #: The cookie of each cookie domain (session.cookies): corp.test's has a name of its own.
 COOKIES = {"example.test": "authportal_session", "corp.test": "corp_session"}
@@ -142,8 +145,8 @@ def readme_nginx() -> str:
     config = swapped(config, re.escape(README_APP), "{{PROMETHEUS}}")
     if not re.search(r"^\s*server\s*\{", config, re.MULTILINE):
         return "server {\n    listen {{LISTEN}};\n    server_name app.example.test;\n" + config + "}\n"
-    config = swapped(config, r"\blisten\s+443\s+ssl\s*;", "listen {{LISTEN}};")
-    config = swapped(config, r"^\s*ssl_certificate(_key)?\s[^;]*;.*$", "")
+    config = swapped(config, r"\blisten\s+443\s+ssl\b", "listen {{LISTEN}}")
+    config = swapped(config, r"^\s*ssl_\w+\s[^;]*;.*$", "")
     return swapped(config, r"\bexample\.com\b", "example.test")
 
 
@@ -342,7 +345,7 @@ class Attack:
     def render(self, proxied: Proxied, cookie: str | None) -> bytes:
         def fill(text: bytes) -> bytes:
             return (text.replace(b"{P}", proxied.prefix.encode()).replace(b"{HP}", f"{proxied.host}:{proxied.port}"
-                    .encode()).replace(b"{H}", proxied.host.encode())
+                    .encode()).replace(b"{H}", proxied.host.encode()).replace(b"{PORT}", str(proxied.port).encode())
                     .replace(b"{COOKIE}", (cookie or "theme=dark").encode()))
 
         headers = [fill(line) for line in self.headers]
@@ -420,6 +423,13 @@ ATTACKS = [
     Attack("dup-cookie", ADMIN, (*CURL, b"Cookie: {COOKIE}", b"Cookie: {COOKIE}")),
     Attack("dup-host", ADMIN, (b"Host: {HP}", b"Host: {HP}", *CURL)),
     Attack("absolute-form-e-acute", b"http://{HP}" + ADMIN + b"?x=" + E_ACUTE, CURL),
+    # -- host confusion: the proxy routes to the app, the portal must not judge another host's (public) rules
+    Attack("host-confusion-absolute-form", b"http://{HP}" + ADMIN, (b"Host: open.example.test:{PORT}", *CURL)),
+    Attack("host-confusion-absolute-form-no-port", b"http://{HP}" + ADMIN, (b"Host: open.example.test", *CURL)),
+    Attack("host-confusion-absolute-form-post", b"http://{HP}" + ADMIN, (b"Host: open.example.test:{PORT}", *CURL),
+           b"POST"),
+    Attack("host-confusion-unknown-host", ADMIN, (b"Host: open.example.test:{PORT}", *CURL)),
+    Attack("host-confusion-trailing-dot", ADMIN, (b"Host: {H}.:{PORT}", *CURL)),
     # -- forged client addresses: a private network opens the admin API with no login (PRIVATE_NETWORKS_RULE)
     Attack("forged-x-forwarded-for", ADMIN, (*CURL, b"X-Forwarded-For: 10.0.0.1")),
     Attack("forged-x-forwarded-for-chain", ADMIN, (*CURL, b"X-Forwarded-For: 10.0.0.1, 10.0.0.2")),

@@ -160,13 +160,13 @@ def nginx_config(text: str, variant: str, port: int, portal: int, prometheus: in
     text = replaced(text, "127.0.0.1:9091", f"127.0.0.1:{portal}", count=2)
     text = replaced(text, "127.0.0.1:9090", f"127.0.0.1:{prometheus}", count=1)
     if variant == "https":
-        text = replaced(text, "listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;", count=2)
+        text = replaced(text, "listen 443 ssl", f"listen 127.0.0.1:{port} ssl", count=3)
         text = replaced(text, "/etc/ssl/certs/example.com.pem", str(certificates / "cert.pem"), count=2)
         text = replaced(text, "/etc/ssl/private/example.com.key", str(certificates / "key.pem"), count=2)
-    else:  # README: "write `listen 80;` instead of `listen 443 ssl;` and leave out the `ssl_certificate` lines"
-        text = replaced(text, "listen 443 ssl;", f"listen 127.0.0.1:{port};", count=2)
-        kept = [line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("ssl_certificate")]
-        assert len(kept) == len(text.splitlines()) - 4, "two ssl_certificate lines per server"
+    else:  # README: "write `listen 80` instead of `listen 443 ssl` (three times) and leave out the `ssl_…` lines"
+        text = replaced(text, "listen 443 ssl", f"listen 127.0.0.1:{port}", count=3)
+        kept = [line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("ssl_")]
+        assert len(kept) == len(text.splitlines()) - 5, "two ssl_certificate lines per server, and the catch-all's"
         text = "".join(kept)
     return own_domain(text)
 
