@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 from tests.support.forward_auth_flow import (
     BROWSER,
     FORGED_ADDRESS,
@@ -43,7 +43,7 @@ from tests.support.forward_auth_flow import (
     reached,
     smuggled_urls,
 )
-from tests.support.portal import ServedPortal, basic, login
+from tests.support.portal import USERS, ServedPortal, basic, login
 
 
 @dataclass
@@ -231,10 +231,25 @@ class ProxyContract:
         assert wrong.status_code == 401
         assert reached(upstream, f"/prometheus/api/v1/query?who=wrong-{self.tag}") == []
 
+    def test_an_identity_value_the_user_lacks_sends_no_header(self, app, portal, upstream):
+        """erin has no display name and no e-mail: the app gets her user name as Remote-Name and no Remote-Email
+        at all, not an empty one (nor Caddy 2.6's placeholder text for a header the portal did not send)."""
+        users = {**USERS, "erin": {"password": "erin-Secret-5", "groups": ["monitoring"]}}
+        portal.setup.write_users(users)
+        # the portal's own word that it re-read the file: polling with erin's password would get her banned
+        reloaded = f"users file reloaded: {portal.setup.users_path} ({len(users)} users)"
+        wait_until(lambda: reloaded in portal.logs(), what="users file re-read")
+        path = f"/prometheus/api/v1/query?query=up&who=erin-{self.tag}"
+        answer = requests.get(f"{app}{path}", headers=SCRIPT, auth=("erin", "erin-Secret-5"), timeout=5)
+        assert answer.status_code == 200
+        seen = reached(upstream, path)[-1].headers
+        assert (seen["Remote-User"], seen["Remote-Name"]) == ("erin", "erin")
+        assert seen.get_all("Remote-Email") is None, dict(seen.items())
+
     def test_verify_endpoints_are_not_exposed_on_the_portal_host(self, portal_url):
         forged = {**SCRIPT, "X-Forwarded-Proto": "http", "X-Forwarded-Host": "app.example.test",
                   "X-Forwarded-Uri": "/prometheus/", "X-Forwarded-Method": "GET"}
-        for path in ("/api/forward-portal_url", "/api/verify"):
+        for path in ("/api/forward-auth", "/api/verify"):
             assert requests.get(f"{portal_url}{path}", headers=forged, auth=basic("bob"), timeout=5).status_code == 404
 
     def test_portal_stopped_denies_at_once(self, own_stack, upstream):
