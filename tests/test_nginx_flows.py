@@ -303,6 +303,18 @@ def test_seed_layout_keeps_the_verify_location_internal(stack, upstream):
     assert metrics.status_code == 200 and "authportal" in metrics.text  # allowed from 127.0.0.1
 
 
+@pytest.mark.parametrize("stack", ["seed-layout", "subdomains"], indirect=True)  # ingress: the portal owns /
+def test_the_verify_endpoints_answer_nginx_only(stack):
+    """From outside, the portal's server would judge any URL with headers the client wrote: not served there."""
+    forged = {"X-Original-URL": stack.url("app.example.test", "/prometheus/graph"), "X-Original-Method": "GET",
+              "X-Forwarded-Proto": "http", "X-Forwarded-Host": "app.example.test", "X-Forwarded-Uri": "/prometheus/",
+              "X-Forwarded-Method": "GET"}
+    for path in ("/api/verify", "/api/forward-auth", "//api/verify", "/api/%76erify"):
+        answer = requests.get(stack.portal_base + path, headers=forged, auth=("bob", USERS["bob"]["password"]),
+                              allow_redirects=False, timeout=10)
+        assert answer.status_code == 404, path
+
+
 @pytest.mark.parametrize("stack", ["ingress-nginx"], indirect=True)
 def test_ingress_signin_redirect_is_the_escaped_request_uri(stack):
     url = stack.url("app.example.test", "/alertmanager/api/v2/alerts?silenced=false&filter=a%20b")
