@@ -325,6 +325,17 @@ def test_anonymous_is_sent_to_the_login_page(stack):
     assert warned == (stack.variant == "plain-http-trial")
 
 
+def test_a_client_cannot_ask_the_verify_endpoint_itself_nor_use_an_unknown_host(stack):
+    """The portal's server keeps /api/verify for nginx's subrequests, and a host nginx does not serve ends in the
+    catch-all, not in the protected server (tests/test_attack_battery.py sends the raw host-confusion requests)."""
+    http = stack.client()
+    forged = {"X-Original-URL": stack.url("app", "/prometheus/graph"), "X-Original-Method": "GET"}
+    assert http.get(stack.url("auth", "/api/verify"), headers=forged, timeout=10).status_code == 404
+    unknown = f"{stack.scheme}://127.0.0.1:{stack.port}/prometheus/graph"
+    if stack.variant != "https":  # over TLS the catch-all refuses the handshake (ssl_reject_handshake)
+        assert http.get(unknown, allow_redirects=False, timeout=10).status_code == 404
+
+
 def test_bob_reads_prometheus_with_his_password_but_not_its_admin_api(stack):
     target = stack.url("app", "/prometheus/graph")
     http, done = signed_in(stack, "bob", target)
