@@ -49,8 +49,8 @@ class TrustedProxies:
         """The peer, or — only when the peer is a trusted proxy that sent X-Forwarded-For — its rightmost hop
         that is not a trusted proxy itself.
 
-        Nothing else is believed: X-Real-IP is not read (no shipped proxy config sets it, so behind a proxy that
-        does not clear it, it is the client's own word). A hop that counts but is not an address is refused, not
+        Nothing else is believed: X-Real-IP is not read (behind a proxy that does not set it, it is the client's
+        own word, and both cannot be in charge). A hop that counts but is not an address is refused, not
         skipped: skipping would judge a hop further left, which the client wrote; and granian hands a value with
         non-ASCII bytes over as "", so a client could otherwise empty a proxy's `$proxy_add_x_forwarded_for`.
         """

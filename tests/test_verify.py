@@ -153,7 +153,7 @@ def test_client_network_comes_from_trusted_forwarded_for_only(app_with):
     # the rightmost hop a proxy added is not an address: refused, never skipped for the client's hop further left
     ({"X-Forwarded-For": "10.1.2.3, not-an-address"}, 400),
     ({"X-Forwarded-For": "10.1.2.3, "}, 400),
-    # X-Real-IP is never read: no shipped proxy config sets it, so it is whatever the client wrote
+    # X-Real-IP is never read: behind a proxy that does not set it, it is whatever the client wrote
     ({"X-Real-IP": "10.1.2.3"}, 403),
     ({"X-Forwarded-For": "192.0.2.1", "X-Real-IP": "10.1.2.3"}, 403),
 ])
