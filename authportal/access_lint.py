@@ -33,7 +33,7 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .authorization import AccessRules, Criterion, normalise_host
@@ -292,14 +292,13 @@ class _Linter:
 
 
     def _check_unanchored(self, index: int) -> None:
+        """A bypass resource found in the ?query of a path no rule is about opens every path that way."""
         bypass = self.scopes[index]
         for resource in bypass.resources:
             for example in self._examples(bypass, None, self._hosts(index, None), [], [(None, frozenset())]):
                 for sample in samples(resource):
-                    opened = _Example(example.host, f"{_PROBE_PATH}?q={sample}", example.method, example.ip, None,
-                                      frozenset())
-                    if self._rule_for(opened) == index and self._rule_for(
-                            _Example(example.host, _PROBE_PATH, example.method, example.ip, None, frozenset())) != index:
+                    opened = replace(example, path=f"{_PROBE_PATH}?q={sample}")
+                    if self._rule_for(opened) == index and self._rule_for(replace(example, path=_PROBE_PATH)) != index:
                         self.findings.append(Finding("unanchored", index, None, (
                             f"{_name(index)} (bypass) is not anchored at the start of the path: its resource "
                             f"{json.dumps(resource)} is searched in the path and the ?query, so {opened.request} is "
@@ -313,7 +312,8 @@ class _Linter:
 
 
 def lint_access_rules(config: AccessControlConfig) -> list[Finding]:
-    """Every fall-through, shadowed rule and bypass over a protected path in ``access_control``, in rule order."""
+    """Every fall-through, shadowed rule, bypass over a protected path and unanchored bypass in
+    ``access_control``, in rule order."""
     return _Linter(config).run()
 
 
