@@ -281,15 +281,13 @@ class _Linter:
                 continue
             hosts = self._hosts(index, j)
             for example in self._examples(protected, None, hosts, swallowed[:1], [(None, frozenset())]):
-                if self.access.decide(example.host, example.path, example.method, example.ip, None,
-                                      frozenset()).rule == index:
+                if self._rule_for(example) == index:
                     self.findings.append(Finding("bypass", index, j, (
                         f"{_name(index)} (bypass) lets anyone through to what {_name(j)} protects "
                         f"({protected.rule.policy}): its resources cover {json.dumps(swallowed[0])}, e.g. "
                         f"{example.request} is let through by rules[{index}] without a login. "
                         f"Fix: move rules[{j}] above rules[{index}], or narrow rules[{index}]'s resources.")))
                     break
-
 
     def _check_unanchored(self, index: int) -> None:
         """A bypass resource found in the ?query of a path no rule is about opens every path that way."""

@@ -63,12 +63,7 @@ def stack(tmp_path_factory, upstream) -> Iterator[NginxStack]:
         with nginx_stack("seed-layout", tmp_path_factory.mktemp("machine-clients"), {
                 "PROMETHEUS": stub, "ALERTMANAGER": f"127.0.0.1:{alertmanager.port}", "PUBLIC": stub},
                 portal_overrides={"regulation": {"max_retries": MAX_RETRIES}}, port=port) as started:
-            users = {**USERS, "grafana": GRAFANA_USER, **BANNED_USERS}
-            started.portal.setup.write_users(users)
-            # Wait for the portal's own word that it re-read the file, not by polling with grafana's password:
-            # every refused Basic check counts towards a ban (regulation), so polling would ban grafana.
-            reloaded = f"users file reloaded: {started.portal.setup.users_path} ({len(users)} users)"
-            wait_until(lambda: reloaded in started.portal.logs(), what="users file re-read")
+            started.portal.replace_users({**USERS, "grafana": GRAFANA_USER, **BANNED_USERS})
             probe = app(started, "/prometheus/users-file-reloaded")
             assert requests.get(probe, auth=("grafana", GRAFANA_USER["password"]), allow_redirects=False,
                                 timeout=5).status_code == 200

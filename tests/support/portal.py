@@ -192,6 +192,13 @@ class ServedPortal:
     def logs(self) -> str:
         return tail(self.log, 400)
 
+    def replace_users(self, users: dict[str, dict[str, Any]]) -> None:
+        """Write the users file and wait for the portal's own word that it re-read it. Not by polling with a new
+        user's password: every refused check counts towards a ban (regulation), so polling would ban them."""
+        self.setup.write_users(users)
+        reloaded = f"users file reloaded: {self.setup.users_path} ({len(users)} users)"
+        wait_until(lambda: reloaded in self.logs(), what="users file re-read")
+
     def __enter__(self) -> ServedPortal:
         return self.start()
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.servers import free_port, wait_until
+from tests.servers import free_port
 from tests.support.forward_auth_flow import (
     BROWSER,
     FORGED_ADDRESS,
@@ -234,11 +234,7 @@ class ProxyContract:
     def test_an_identity_value_the_user_lacks_sends_no_header(self, app, portal, upstream):
         """erin has no display name and no e-mail: the app gets her user name as Remote-Name and no Remote-Email
         at all, not an empty one (nor Caddy 2.6's placeholder text for a header the portal did not send)."""
-        users = {**USERS, "erin": {"password": "erin-Secret-5", "groups": ["monitoring"]}}
-        portal.setup.write_users(users)
-        # the portal's own word that it re-read the file: polling with erin's password would get her banned
-        reloaded = f"users file reloaded: {portal.setup.users_path} ({len(users)} users)"
-        wait_until(lambda: reloaded in portal.logs(), what="users file re-read")
+        portal.replace_users({**USERS, "erin": {"password": "erin-Secret-5", "groups": ["monitoring"]}})
         path = f"/prometheus/api/v1/query?query=up&who=erin-{self.tag}"
         answer = requests.get(f"{app}{path}", headers=SCRIPT, auth=("erin", "erin-Secret-5"), timeout=5)
         assert answer.status_code == 200
